@@ -1,0 +1,162 @@
+"""The ``unlade`` command: argument parsing, progress bars and one-line errors.
+
+Everything it does goes through :class:`unlade.Client`. Exit codes: 0 ok, 1 failure,
+2 usage error, 130 interrupted. Heavy modules are imported only once a command runs so
+that ``unlade --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from . import __version__
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class _Bars:
+    """One rich progress bar per layer (bytes, rate), drawn on stderr."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[state]}"),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._tasks: dict[int, Any] = {}
+
+    def __enter__(self) -> _Bars:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def layer_start(self, index: int, digest: str, size: int, cached: bool) -> None:
+        self._tasks[index] = self._progress.add_task(
+            f"layer {index + 1} {digest[7:19]}", total=size,
+            completed=size if cached else 0, state="cached" if cached else "",
+        )
+
+    def layer_bytes(self, index: int, nbytes: int) -> None:
+        self._progress.advance(self._tasks[index], nbytes)
+
+    def layer_done(self, index: int) -> None:
+        task = self._tasks[index]
+        self._progress.update(task, state="done")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unlade",
+        description="Pull, verify and unpack OCI and Docker container images, no daemon.",
+    )
+    parser.add_argument("--version", action="version", version=f"unlade {__version__}")
+    parser.add_argument(
+        "--root", metavar="STORE",
+        help="content store directory (default: $UNLADE_ROOT, /var/lib/unlade as root, "
+             "else $XDG_DATA_HOME/unlade)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    pull = sub.add_parser("pull", help="pull an image into the store, optionally unpack it",
+                          description="Pull REF into the content store, verifying every "
+                          "digest; with --rootfs also unpack it into DIR.")
+    pull.add_argument("ref", metavar="REF", help="image reference, e.g. alpine:3.20 or "
+                      "127.0.0.1:5000/app@sha256:...")
+    pull.add_argument("--rootfs", metavar="DIR",
+                      help="unpack into DIR (must be absent or empty; appears only complete)")
+    pull.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                      help="platform to pick from a multi-platform image (default: this host)")
+    pull.add_argument("--json", action="store_true",
+                      help="print one JSON document describing the result; no progress bars")
+    pull.add_argument("--plain-http", action="store_true",
+                      help="talk HTTP, not HTTPS, to the registry")
+    pull.add_argument("--cert-dir", metavar="DIR",
+                      help="extra CA certificates (*.crt) and client certificates "
+                           "(*.cert/*.key) for TLS")
+    pull.add_argument("--creds", metavar="USER[:PASSWORD]",
+                      help="registry credentials (overrides auth files)")
+    pull.add_argument("--authfile", metavar="FILE",
+                      help="read credentials only from this auth.json / config.json "
+                           "(default: $REGISTRY_AUTH_FILE, containers auth.json, docker config)")
+    pull.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
+    return parser
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from .client import Client
+
+    client = Client(
+        args.root, plain_http=args.plain_http, cert_dir=args.cert_dir, creds=args.creds,
+        authfile=args.authfile,
+    )
+    show_bars = not (args.json or args.quiet) and sys.stderr.isatty()
+    if show_bars:
+        with _Bars() as bars:
+            result = client.pull(args.ref, rootfs=args.rootfs, platform=args.platform,
+                                 progress=bars)
+    else:
+        result = client.pull(args.ref, rootfs=args.rootfs, platform=args.platform)
+    if args.json:
+        json.dump(result.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        total = sum(layer.size for layer in result.layers)
+        where = f" into {result.rootfs}" if result.rootfs else ""
+        print(
+            f"pulled {result.reference} ({result.manifest_digest[:19]}, {result.platform}): "
+            f"{len(result.layers)} layers, {_size(total)}, {_size(result.bytes_fetched)} "
+            f"fetched in {result.seconds:.2f} s{where}"
+        )
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (see module docstring)."""
+    args = _parser().parse_args(argv)
+    if args.root is None and os.environ.get("UNLADE_ROOT"):
+        args.root = os.environ["UNLADE_ROOT"]
+    from .errors import UnladeError
+
+    try:
+        return _pull(args)
+    except UnladeError as err:
+        print(f"unlade: error: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED if type(err).__name__ == "Interrupted" else EXIT_FAIL
+    except KeyboardInterrupt:
+        print("unlade: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        if err.errno == 28:
+            print("unlade: error: no space left on device", file=sys.stderr)
+        else:
+            print(f"unlade: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "),
+                  file=sys.stderr)
+        return EXIT_FAIL

@@ -1,0 +1,86 @@
+"""One exception hierarchy for everything unlade refuses or fails at.
+
+Every error's ``str()`` is a single line that names the problem, so the CLI can print
+``unlade: <error>`` and exit 1 without a traceback, and library users can catch by kind.
+"""
+
+from __future__ import annotations
+
+
+class UnladeError(Exception):
+    """Base of all unlade errors; ``str(err)`` is a one-line, user-facing message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split("\n")))
+
+
+class InvalidReference(UnladeError, ValueError):
+    """An image reference does not follow the distribution reference grammar."""
+
+
+class InvalidDigest(UnladeError, ValueError):
+    """A digest string is malformed or uses an unsupported algorithm."""
+
+
+class ConfigError(UnladeError):
+    """A configuration or credentials file is unreadable or malformed."""
+
+
+class RegistryError(UnladeError):
+    """The registry could not be reached or answered with an error."""
+
+
+class RegistryUnreachable(RegistryError):
+    """Name resolution, connection or TLS failed before any HTTP answer."""
+
+
+class Unauthorized(RegistryError):
+    """The registry refused our credentials (or the lack of them)."""
+
+
+class NotFound(RegistryError):
+    """The registry does not know the repository, manifest or blob."""
+
+
+class ManifestError(UnladeError):
+    """A manifest or config is malformed, too large, or of an unsupported kind."""
+
+
+class UnsupportedMediaType(ManifestError):
+    """A manifest or layer has a media type unlade does not handle."""
+
+
+class PlatformNotFound(ManifestError):
+    """An index offers no manifest for the requested platform."""
+
+
+class DigestMismatch(UnladeError):
+    """Content does not hash to the digest (or size) it was announced with."""
+
+
+class LayerError(UnladeError):
+    """A layer's tar stream cannot be applied."""
+
+
+class LayerEscape(LayerError):
+    """A layer entry tries to reach outside the root it is applied to."""
+
+
+class TruncatedLayer(LayerError):
+    """A layer stream ends inside an entry or header."""
+
+
+class MalformedLayer(LayerError):
+    """A layer stream holds an invalid tar header or an invalid whiteout."""
+
+
+class StoreError(UnladeError):
+    """The content store or a target directory cannot be used."""
+
+
+class NoSpace(StoreError):
+    """A write failed because the filesystem is full."""
+
+
+class Interrupted(UnladeError):
+    """The operation was cancelled (Ctrl-C); nothing half-written was left behind."""

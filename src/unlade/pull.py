@@ -1,0 +1,338 @@
+"""The pull pipeline: resolve → manifest → config → layers → rootfs.
+
+Every layer blob is downloaded into the content store by a small pool of threads while
+the main thread applies layers in order, *following* each blob as it is written: socket
+bytes are hashed and written once, then inflated, hashed again (diffID) and applied in the
+same pass, so a layer is never held in memory and download overlaps application. The
+rootfs is assembled in a hidden sibling directory and renamed into place only after every
+digest and diffID checked out; on any failure or Ctrl-C it is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from .content import BlobWriter, ContentStore
+from .decompress import open_decompressed
+from .errors import (
+    DigestMismatch,
+    Interrupted,
+    LayerError,
+    ManifestError,
+    MalformedLayer,
+    StoreError,
+    TruncatedLayer,
+    UnladeError,
+)
+from .layer import apply_layer
+from .manifest import (
+    CONFIG_TYPES,
+    MAX_MANIFEST,
+    Index,
+    Layer,
+    Manifest,
+    Platform,
+    layers_of,
+    parse,
+    parse_config,
+)
+from .reference import Reference
+from .registry import RegistryClient
+
+DOWNLOAD_WORKERS = 3
+
+
+class Progress(Protocol):
+    """What a pull reports while it runs (the CLI draws bars from it)."""
+
+    def layer_start(self, index: int, digest: str, size: int, cached: bool) -> None: ...
+    def layer_bytes(self, index: int, nbytes: int) -> None: ...
+    def layer_done(self, index: int) -> None: ...
+
+
+class _NoProgress:
+    def layer_start(self, index: int, digest: str, size: int, cached: bool) -> None:
+        pass
+
+    def layer_bytes(self, index: int, nbytes: int) -> None:
+        pass
+
+    def layer_done(self, index: int) -> None:
+        pass
+
+
+@dataclass
+class LayerResult:
+    digest: str
+    diff_id: str
+    size: int
+    media_type: str
+    fetched: bool
+    entries: int = 0
+    file_bytes: int = 0
+
+
+@dataclass
+class PullResult:
+    reference: str
+    manifest_digest: str
+    manifest_media_type: str
+    config_digest: str
+    platform: str
+    layers: list[LayerResult] = field(default_factory=list)
+    bytes_fetched: int = 0
+    seconds: float = 0.0
+    rootfs: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "reference": self.reference,
+            "manifest_digest": self.manifest_digest,
+            "manifest_media_type": self.manifest_media_type,
+            "config_digest": self.config_digest,
+            "platform": self.platform,
+            "layers": [vars(layer) for layer in self.layers],
+            "bytes_fetched": self.bytes_fetched,
+            "size": sum(layer.size for layer in self.layers),
+            "seconds": round(self.seconds, 3),
+            "rootfs": self.rootfs,
+        }
+
+
+class _Hashing:
+    """Hash what passes through; turn decompressor failures into layer errors."""
+
+    def __init__(self, src: BinaryIO, compression: str) -> None:
+        self._src = src
+        self._compression = compression
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self._src.read(n)
+        except UnladeError:
+            raise
+        except EOFError:
+            raise TruncatedLayer(f"{self._compression} stream ends early") from None
+        except Exception as err:  # the decompressors' error types differ by library
+            if isinstance(err, OSError) and err.errno is not None:
+                raise
+            raise MalformedLayer(f"corrupt {self._compression} data ({err})") from None
+        self.hash.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _check_target(rootfs: Path) -> None:
+    if rootfs.exists():
+        if not rootfs.is_dir() or rootfs.is_symlink():
+            raise StoreError(f"--rootfs {rootfs} exists and is not a directory")
+        if any(rootfs.iterdir()):
+            raise StoreError(f"--rootfs {rootfs} is not empty")
+    elif not rootfs.parent.is_dir():
+        raise StoreError(f"parent directory of --rootfs {rootfs} does not exist")
+
+
+def _label(index: int, layer: Layer) -> str:
+    return f"layer {index + 1} ({layer.descriptor.digest[:19]})"
+
+
+class Puller:
+    """One pull; holds what must be cleaned up if it fails."""
+
+    def __init__(self, store: ContentStore, registry: RegistryClient, progress: Progress | None):
+        self.store = store
+        self.registry = registry
+        self.progress = progress or _NoProgress()
+        self.cancel = threading.Event()
+        self.bytes_fetched = 0
+        self._lock = threading.Lock()
+
+    def _fetch_small(self, ref: Reference, digest: str, size: int) -> bytes:
+        if self.store.has(digest):
+            return self.store.read_small(digest, MAX_MANIFEST)
+        data = self.registry.get_small_blob(ref, digest, size)
+        self.store.put(digest, data)
+        return data
+
+    def resolve(self, ref: Reference, platform: Platform | None) -> tuple[str, Manifest, str]:
+        """Fetch and verify the manifest (through an index if need be); store both."""
+        data, content_type = self.registry.get_manifest(ref)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if ref.digest and ref.digest.startswith("sha256:") and digest != ref.digest:
+            raise DigestMismatch(f"manifest digest mismatch: asked for {ref.digest}, got {digest}")
+        parsed = parse(data, content_type)
+        self.store.put(digest, data)
+        if isinstance(parsed, Index):
+            desc = parsed.select(platform)
+            data, content_type = self.registry.get_manifest(ref, desc.digest)
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            if digest != desc.digest or len(data) != desc.size:
+                raise DigestMismatch(
+                    f"manifest digest mismatch: index names {desc.digest}, got {digest}"
+                )
+            parsed = parse(data, content_type or desc.media_type)
+            if isinstance(parsed, Index):
+                raise ManifestError("an index inside an index is not supported")
+            self.store.put(digest, data)
+        return digest, parsed, parsed.media_type
+
+    def pull(
+        self, ref: Reference, *, rootfs: Path | None, platform: Platform | None
+    ) -> PullResult:
+        start = time.monotonic()
+        if rootfs is not None:
+            _check_target(rootfs)
+        manifest_digest, manifest, media_type = self.resolve(ref, platform)
+        cfg = manifest.config
+        if cfg.media_type not in CONFIG_TYPES:
+            raise ManifestError(
+                f"{ref} is not a container image (config media type {cfg.media_type!r})"
+            )
+        config = parse_config(self._fetch_small(ref, cfg.digest, cfg.size))
+        layers = layers_of(manifest, config)
+        plat = Platform(str(config.get("os", "")), str(config.get("architecture", "")),
+                        str(config.get("variant", "")))
+        result = PullResult(str(ref), manifest_digest, media_type, cfg.digest, str(plat))
+        result.layers = [
+            LayerResult(lay.descriptor.digest, lay.diff_id, lay.descriptor.size,
+                        lay.descriptor.media_type, fetched=not self.store.has(lay.descriptor.digest))
+            for lay in layers
+        ]
+        if rootfs is None:
+            self._download_all(ref, layers)
+        else:
+            self._unpack(ref, layers, rootfs, result)
+            result.rootfs = str(rootfs)
+        result.bytes_fetched = self.bytes_fetched
+        result.seconds = time.monotonic() - start
+        return result
+
+    # -- downloads -----------------------------------------------------------------------
+    def _download(self, ref: Reference, index: int, writer: BlobWriter) -> None:
+        def advance(n: int) -> None:
+            if self.cancel.is_set():
+                raise Interrupted("pull cancelled")
+            with self._lock:
+                self.bytes_fetched += n
+            self.progress.layer_bytes(index, n)
+
+        try:
+            self.registry.download(ref, writer.digest, writer, advance)
+            writer.commit()
+        except BaseException as err:
+            writer.fail(err)
+            raise
+
+    def _start_downloads(
+        self, ref: Reference, layers: list[Layer], pool: ThreadPoolExecutor
+    ) -> dict[int, tuple[BlobWriter, Future[None]]]:
+        started: dict[int, tuple[BlobWriter, Future[None]]] = {}
+        seen: dict[str, int] = {}
+        for i, layer in enumerate(layers):
+            desc = layer.descriptor
+            cached = self.store.has(desc.digest) or desc.digest in seen
+            self.progress.layer_start(i, desc.digest, desc.size, cached)
+            if cached:
+                continue
+            seen[desc.digest] = i
+            writer = self.store.writer(desc.digest, desc.size)
+            started[i] = (writer, pool.submit(self._download, ref, i, writer))
+        return started
+
+    def _download_all(self, ref: Reference, layers: list[Layer]) -> None:
+        with self._downloads(ref, layers) as started:
+            for i in range(len(layers)):
+                if i in started:
+                    started[i][1].result()
+                self.progress.layer_done(i)
+
+    @contextlib.contextmanager
+    def _downloads(self, ref: Reference, layers: list[Layer]):  # type: ignore[no-untyped-def]
+        pool = ThreadPoolExecutor(DOWNLOAD_WORKERS, thread_name_prefix="unlade-download")
+        started: dict[int, tuple[BlobWriter, Future[None]]] = {}
+        try:
+            started = self._start_downloads(ref, layers, pool)
+            yield started
+        except BaseException:
+            self.cancel.set()
+            raise
+        finally:
+            self.cancel.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            for writer, _ in started.values():
+                writer.close()
+
+    # -- application ---------------------------------------------------------------------
+    def _unpack(
+        self, ref: Reference, layers: list[Layer], rootfs: Path, result: PullResult
+    ) -> None:
+        work = Path(tempfile.mkdtemp(prefix=f".{rootfs.name}.unlade-", dir=rootfs.parent))
+        try:
+            os.chmod(work, 0o755)
+            with self._downloads(ref, layers) as started:
+                writers = {layers[i].descriptor.digest: w for i, (w, _) in started.items()}
+                for i, layer in enumerate(layers):
+                    stats = self._apply_one(i, layer, writers.get(layer.descriptor.digest), work)
+                    result.layers[i].entries = stats[0]
+                    result.layers[i].file_bytes = stats[1]
+                    self.progress.layer_done(i)
+                for _, future in started.values():
+                    future.result()
+            os.rename(work, rootfs)
+        except KeyboardInterrupt:
+            raise Interrupted("pull interrupted; nothing was left at the target") from None
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+
+    def _apply_one(
+        self, index: int, layer: Layer, writer: BlobWriter | None, root: Path
+    ) -> tuple[int, int]:
+        label = _label(index, layer)
+        raw: BinaryIO = writer.follow() if writer is not None \
+            else self.store.open(layer.descriptor.digest)  # type: ignore[assignment]
+        try:
+            stream = _Hashing(open_decompressed(raw, layer.compression), layer.compression)
+            try:
+                stats = apply_layer(stream, root, layer=label)  # type: ignore[arg-type]
+                stream.drain()
+            except LayerError as err:
+                if str(err).startswith(label):
+                    raise
+                raise type(err)(f"{label}: {err}") from None
+            diff_id = "sha256:" + stream.hash.hexdigest()
+            if diff_id != layer.diff_id:
+                raise DigestMismatch(
+                    f"{label}: diffID mismatch: config says {layer.diff_id}, content is {diff_id}"
+                )
+            return stats.entries, stats.file_bytes
+        finally:
+            raw.close()
+
+
+def pull_image(
+    ref: Reference,
+    *,
+    store: ContentStore,
+    registry: RegistryClient,
+    rootfs: Path | None = None,
+    platform: Platform | None = None,
+    progress: Progress | None = None,
+) -> PullResult:
+    """Pull ``ref`` into ``store`` and, if ``rootfs`` is given, unpack it there."""
+    return Puller(store, registry, progress).pull(ref, rootfs=rootfs, platform=platform)
+

@@ -1,0 +1,272 @@
+"""Sequential reader of tar streams, as layers are: one pass, never seeking, never buffering
+more than one read.
+
+``tarfile`` could parse headers, but layer application needs things it does not give: the
+exact end-of-stream rules containerd (Go's archive/tar) applies, errors that name the entry,
+and file data handed out as large memoryviews so the applier can ``os.write`` them straight
+to disk. The format handled is what Go's reader handles: ustar, GNU (long names ``L``/``K``,
+base-256 numbers) and PAX (``x`` records; ``g`` global headers are reported and ignored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from .errors import MalformedLayer, TruncatedLayer
+
+BLOCK = 512
+READ_SIZE = 1 << 20
+MAX_SPECIAL = 1 << 20  # PAX records and GNU long names, as Go's archive/tar limits them
+
+REG, HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO = "0", "1", "2", "3", "4", "5", "6"
+GLOBAL = "g"
+_HEADER_ONLY = frozenset((HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO))
+_KNOWN = frozenset((REG, HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO, GLOBAL))
+
+
+@dataclass(slots=True)
+class Entry:
+    """One tar member after long-name and PAX records were folded in."""
+
+    name: str
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    atime_ns: int | None = None
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+def _decode(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _number(raw: bytes, what: str) -> int:
+    if raw and raw[0] & 0x80:  # GNU base-256: 0x80 positive, 0xff two's-complement negative
+        if raw[0] == 0xFF:
+            return int.from_bytes(raw, "big", signed=True)
+        return int.from_bytes(bytes([raw[0] & 0x7F]) + raw[1:], "big")
+    text = raw.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise MalformedLayer(f"invalid {what} field {text!r} in tar header") from None
+
+
+def _pax_time(value: str) -> int:
+    sign = -1 if value.startswith("-") else 1
+    whole, _, frac = value.lstrip("+-").partition(".")
+    if not whole.isdigit() or (frac and not frac.isdigit()):
+        raise MalformedLayer(f"invalid PAX time {value!r}")
+    return sign * (int(whole) * 1_000_000_000 + int((frac + "000000000")[:9]))
+
+
+def _pax_records(data: bytes) -> dict[str, bytes]:
+    records: dict[str, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0 or not data[pos:space].isdigit():
+            if not data[pos:].strip(b"\0"):
+                break
+            raise MalformedLayer("invalid PAX record length")
+        end = pos + int(data[pos:space])
+        record = data[space + 1 : end]
+        if end > len(data) or end <= space or not record.endswith(b"\n") or b"=" not in record:
+            raise MalformedLayer("invalid PAX record")
+        key, _, value = record[:-1].partition(b"=")
+        records[key.decode("utf-8", "surrogateescape")] = value
+        pos = end
+    return records
+
+
+class TarReader:
+    """Iterate entries of a tar stream; after each entry, its data must be consumed with
+    :meth:`data` (or is skipped automatically when the next entry is requested)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._src = stream
+        self._buf = memoryview(b"")
+        self._remaining = 0  # unread data bytes of the current entry
+        self._pad = 0
+        self.entry_name = ""  # for error messages: the entry being read
+
+    # -- low-level reading -------------------------------------------------------------
+    def _fill(self) -> bool:
+        chunk = self._src.read(READ_SIZE)
+        if not chunk:
+            return False
+        self._buf = memoryview(chunk)
+        return True
+
+    def _take(self, n: int) -> bytes:
+        """Exactly n bytes, or fewer only at end of stream."""
+        if len(self._buf) >= n:
+            out = self._buf[:n].tobytes()
+            self._buf = self._buf[n:]
+            return out
+        parts = [self._buf.tobytes()]
+        have = len(parts[0])
+        self._buf = memoryview(b"")
+        while have < n and self._fill():
+            piece = self._buf[: n - have]
+            parts.append(piece.tobytes())
+            have += len(piece)
+            self._buf = self._buf[len(piece) :]
+        return b"".join(parts)
+
+    def _skip(self, n: int) -> int:
+        """Skip n bytes; return how many were really there."""
+        skipped = 0
+        while skipped < n:
+            if not self._buf and not self._fill():
+                break
+            step = min(n - skipped, len(self._buf))
+            self._buf = self._buf[step:]
+            skipped += step
+        return skipped
+
+    def data(self) -> Iterator[memoryview]:
+        """Yield the current entry's data in large pieces, without copying."""
+        while self._remaining:
+            if not self._buf and not self._fill():
+                raise TruncatedLayer(
+                    f"entry {self.entry_name!r}: stream ends inside its data "
+                    f"({self._remaining} bytes missing)"
+                )
+            piece = self._buf[: self._remaining]
+            self._buf = self._buf[len(piece) :]
+            self._remaining -= len(piece)
+            yield piece
+
+    def _finish_entry(self) -> bool:
+        """Skip what is left of the current entry; False if the stream ended cleanly at the
+        start of its padding (the layout umoci 0.4.7 writes, which containerd accepts)."""
+        if self._remaining:
+            if self._skip(self._remaining) != self._remaining:
+                raise TruncatedLayer(f"entry {self.entry_name!r}: stream ends inside its data")
+            self._remaining = 0
+        if self._pad:
+            got = self._skip(self._pad)
+            pad, self._pad = self._pad, 0
+            if got == 0:
+                return False
+            if got != pad:
+                raise TruncatedLayer(f"entry {self.entry_name!r}: stream ends inside padding")
+        return True
+
+    # -- headers -----------------------------------------------------------------------
+    def _header(self) -> bytes | None:
+        block = self._take(BLOCK)
+        if not block:
+            return None
+        if len(block) < BLOCK:
+            raise TruncatedLayer(f"stream ends inside a tar header (after {self.entry_name!r})")
+        if not block.strip(b"\0"):
+            return None  # end-of-archive marker; whatever follows is drained by the caller
+        stored = _number(block[148:156], "checksum")
+        unsigned = sum(block[:148]) + 256 + sum(block[156:])
+        if stored != unsigned:
+            signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b > 127)
+            if stored != signed:
+                raise MalformedLayer(
+                    f"tar header checksum mismatch after entry {self.entry_name!r}"
+                )
+        return block
+
+    def _special(self, size: int, what: str) -> bytes:
+        if size > MAX_SPECIAL:
+            raise MalformedLayer(f"{what} of {size} bytes is too large")
+        data = self._take(size)
+        if len(data) < size:
+            raise TruncatedLayer(f"stream ends inside a {what}")
+        self._skip(-size % BLOCK)
+        return data
+
+    def __iter__(self) -> Iterator[Entry]:
+        return self
+
+    def __next__(self) -> Entry:
+        if not self._finish_entry():
+            raise StopIteration
+        pax: dict[str, bytes] = {}
+        longname = longlink = None
+        while True:
+            block = self._header()
+            if block is None:
+                raise StopIteration
+            typ = chr(block[156]) if block[156] else REG
+            size = _number(block[124:136], "size")
+            if size < 0:
+                raise MalformedLayer(f"negative size in tar header after {self.entry_name!r}")
+            if typ == "x":
+                pax.update(_pax_records(self._special(size, "PAX header")))
+            elif typ == "L":
+                longname = _decode(self._special(size, "GNU long name"))
+            elif typ == "K":
+                longlink = _decode(self._special(size, "GNU long link name"))
+            else:
+                break
+
+        magic = block[257:265]
+        name = _decode(block[0:100])
+        if magic[:6] == b"ustar\0" and block[345]:
+            name = _decode(block[345:500]) + "/" + name
+        if longname is not None:
+            name = longname
+        linkname = longlink if longlink is not None else _decode(block[157:257])
+        if typ == "7":
+            typ = REG
+        if typ == REG and block[156] == 0 and name.endswith("/"):
+            typ = DIR  # pre-POSIX archives mark directories by the trailing slash
+        entry = Entry(
+            name=name,
+            type=typ,
+            mode=_number(block[100:108], "mode") & 0o7777,
+            uid=_number(block[108:116], "uid"),
+            gid=_number(block[116:124], "gid"),
+            size=size,
+            mtime_ns=_number(block[136:148], "mtime") * 1_000_000_000,
+            linkname=linkname,
+            devmajor=_number(block[329:337], "devmajor"),
+            devminor=_number(block[337:345], "devminor"),
+        )
+        self._apply_pax(entry, pax)
+        self.entry_name = entry.name
+        if typ not in _KNOWN:
+            raise MalformedLayer(f"entry {entry.name!r}: unsupported tar entry type {typ!r}")
+        data_size = 0 if typ in _HEADER_ONLY else entry.size
+        self._remaining = data_size
+        self._pad = -data_size % BLOCK
+        return entry
+
+    @staticmethod
+    def _apply_pax(entry: Entry, pax: dict[str, bytes]) -> None:
+        for key, raw in pax.items():
+            if key.startswith("SCHILY.xattr."):
+                entry.xattrs[key[len("SCHILY.xattr.") :]] = raw
+                continue
+            value = raw.decode("utf-8", "surrogateescape")
+            if key == "path":
+                entry.name = value
+            elif key == "linkpath":
+                entry.linkname = value
+            elif key in ("size", "uid", "gid"):
+                if not value.isdigit():
+                    raise MalformedLayer(f"invalid PAX {key} {value!r}")
+                setattr(entry, key, int(value))
+            elif key == "mtime":
+                entry.mtime_ns = _pax_time(value)
+            elif key == "atime":
+                entry.atime_ns = _pax_time(value)
+            elif key.startswith("GNU.sparse."):
+                raise MalformedLayer(f"entry {entry.name!r}: sparse files are not supported")

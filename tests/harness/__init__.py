@@ -1,0 +1,10 @@
+"""Test harness for unlade: local registries, OCI image builders, tree snapshots, umoci.
+
+Modules:
+
+* :mod:`harness.registry` -- run ``docker-registry`` (plain / TLS / htpasswd / token auth).
+* :mod:`harness.images` -- build OCI image layouts from tar entries and push them.
+* :mod:`harness.tree` -- snapshot and compare unpacked root filesystems.
+* :mod:`harness.umoci` -- reference unpacking with ``umoci``.
+* :mod:`harness.tools` -- skip-or-fail helpers for missing external tools.
+"""
