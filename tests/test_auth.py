@@ -126,6 +126,11 @@ def test_legacy_dockercfg(env: dict[str, str], home: Path) -> None:
     assert credentials_for("quay.io", env=env) == Credentials("old", "p")
 
 
+def test_legacy_dockercfg_keys_are_hosts(env: dict[str, str], home: Path) -> None:
+    write(home / ".dockercfg", {"quay.io/v1/": entry("old", "p")})
+    assert credentials_for("quay.io", "other/ns", env=env) == Credentials("old", "p")
+
+
 def test_registry_auth_file_replaces_runtime_dir(env: dict[str, str], tmp_path: Path) -> None:
     run = tmp_path / "run"
     write(run / "containers/auth.json", {"auths": {"ghcr.io": entry("rt", "p")}})

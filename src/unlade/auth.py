@@ -80,18 +80,19 @@ def _normalise_host(host: str) -> str:
     return "docker.io" if host in _DOCKER_HUB_ALIASES else host
 
 
-def _normalise_key(key: str) -> str:
+def _normalise_key(key: str, *, legacy: bool = False) -> str:
     """Reduce an auths/credHelpers key to ``host[/path]`` so spellings compare equal.
 
     A key with a scheme is a URL (``https://index.docker.io/v1/``): its path is an API
-    path, not a namespace, so only the host is kept. Without a scheme, the path is a
-    containers-style namespace.
+    path, not a namespace, so only the host is kept, as in every ~/.dockercfg key.
+    Otherwise the path is a containers-style namespace.
     """
     scheme, sep, rest = key.partition("://")
     if sep and scheme.lower() in ("http", "https"):
-        host, path = rest.split("/", 1)[0], ""
-    else:
-        host, _, path = key.partition("/")
+        key, legacy = rest, True
+    host, _, path = key.partition("/")
+    if legacy:
+        path = ""
     host = _normalise_host(host)
     path = path.strip("/")
     return f"{host}/{path}" if path else host
@@ -183,7 +184,9 @@ def _from_entry(entry: Any, path: Path, key: str) -> Credentials | None:
     return Credentials(username, password, token)
 
 
-def _run_helper(name: str, server: str, path: Path, env: Mapping[str, str] | None) -> Any:
+def _run_helper(
+    name: str, server: str, path: Path, env: Mapping[str, str] | None
+) -> Credentials | None:
     """Ask ``docker-credential-NAME``; None if it is not installed or has nothing."""
     if not _HELPER_NAME.fullmatch(name):
         raise ConfigError(f"malformed auth file {path}: bad credential helper name {name!r}")
@@ -207,7 +210,8 @@ def _run_helper(name: str, server: str, path: Path, env: Mapping[str, str] | Non
         said = (done.stdout.strip() or done.stderr.strip()).splitlines()
         if not said or _HELPER_NOT_FOUND in said[0].lower():
             return None
-        raise ConfigError(f"credential helper docker-credential-{name} failed: {said[0]}")
+        message = said[0][:200]  # whatever the helper prints, keep the error one short line
+        raise ConfigError(f"credential helper docker-credential-{name} failed: {message}")
     try:
         answer = json.loads(done.stdout)
         username, secret = answer["Username"], answer["Secret"]
@@ -246,7 +250,7 @@ def _from_file(
     # Plain keys (podman, "docker login host") are tried before URL spellings of the same
     # host; an entry is only decoded if it matches, so one bad entry spoils no other host.
     for key in sorted(auths, key=lambda k: "://" in k):
-        by_key.setdefault(_normalise_key(key), []).append(key)
+        by_key.setdefault(_normalise_key(key, legacy=legacy), []).append(key)
     for candidate in keys:
         for key in by_key.get(candidate, ()):
             creds = _from_entry(auths[key], path, key)

@@ -44,7 +44,7 @@ class ContentStore:
         return self.path(digest).is_file()
 
     def open(self, digest: str) -> BinaryIO:
-        return open(self.path(digest), "rb")  # noqa: SIM115 - returned to the caller
+        return open(self.path(digest), "rb")
 
     def read_small(self, digest: str, limit: int) -> bytes:
         """Read a stored manifest/config, refusing anything larger than ``limit``."""

@@ -7,7 +7,6 @@ gzip member or zstd frame, and real layers have several (pigz, zstd:chunked). IS
 
 from __future__ import annotations
 
-import io
 from typing import BinaryIO
 
 from isal import igzip
@@ -16,8 +15,6 @@ try:  # Python 3.14+ ships it as compression.zstd
     from compression import zstd as _zstd  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the interpreter
     from backports import zstd as _zstd
-
-from .errors import LayerError
 
 GZIP, ZSTD, NONE = "gzip", "zstd", "none"
 
@@ -32,7 +29,3 @@ def open_decompressed(raw: BinaryIO, compression: str) -> BinaryIO:
         return raw
     raise ValueError(f"unknown compression {compression!r}")
 
-
-def decompression_errors() -> tuple[type[BaseException], ...]:
-    """Exception types a corrupt compressed stream raises, to be reported as layer errors."""
-    return (OSError, EOFError, _zstd.ZstdError, igzip.BadGzipFile, LayerError, io.UnsupportedOperation)

@@ -28,8 +28,8 @@ from .errors import (
     DigestMismatch,
     Interrupted,
     LayerError,
-    ManifestError,
     MalformedLayer,
+    ManifestError,
     StoreError,
     TruncatedLayer,
     UnladeError,
@@ -208,9 +208,10 @@ class Puller:
                         str(config.get("variant", "")))
         result = PullResult(str(ref), manifest_digest, media_type, cfg.digest, str(plat))
         result.layers = [
-            LayerResult(lay.descriptor.digest, lay.diff_id, lay.descriptor.size,
-                        lay.descriptor.media_type, fetched=not self.store.has(lay.descriptor.digest))
+            LayerResult(d.digest, lay.diff_id, d.size, d.media_type,
+                        fetched=not self.store.has(d.digest))
             for lay in layers
+            for d in (lay.descriptor,)
         ]
         if rootfs is None:
             self._download_all(ref, layers)

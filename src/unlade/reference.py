@@ -3,10 +3,12 @@
 The grammar is that of github.com/distribution/reference, so that anything ``docker pull``
 accepts names the same image here, and anything it refuses is refused here too, with a
 message naming the offending part rather than docker's bare "invalid reference format".
-Two deliberate differences: a first component is taken as a registry only if it contains
+Deliberate differences: a first component is taken as a registry only if it contains
 ``.`` or ``:`` or is ``localhost`` (docker also takes an uppercase one, so ``Foo/bar`` is
-refused as not lowercase rather than pulled from a host called ``Foo``), and only sha256
-and sha512 digests are accepted, because those are the only ones we can verify.
+refused as not lowercase rather than pulled from a host called ``Foo``); only sha256 and
+sha512 digests are accepted, because those are the only ones we can verify; ports above
+65535 and malformed bracketed IPv6 addresses are refused early; and the 255-character
+limit applies to the whole canonical name ``registry/repository``, as docker's once did.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ from urllib3.exceptions import (
     NewConnectionError,
     ProtocolError,
     SSLError,
+)
+from urllib3.exceptions import (
     TimeoutError as Urllib3Timeout,
 )
 

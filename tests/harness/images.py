@@ -29,7 +29,6 @@ import struct
 import subprocess
 import tarfile
 import tempfile
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +153,7 @@ def directory(
 
 
 #: Alias of :func:`directory` (shadows the builtin only as ``images.dir``).
-dir = directory  # noqa: A001
+dir = directory
 
 
 def symlink(name: str, target: str, uid: int = 0, gid: int = 0,
@@ -717,7 +716,6 @@ def big_layer_layout(
     rng = random.Random(seed)
     pool = rng.randbytes(16 << 20)
     chunk = 1 << 20
-    zeros = int(chunk * compressible_fraction)
     if compression == "gzip":
         tool = [shutil.which("pigz") or "gzip", f"-{level}", "-n", "-c"]
     else:
@@ -728,14 +726,15 @@ def big_layer_layout(
         assert proc.stdin is not None
         hw = _HashingWriter(proc.stdin)
         try:
-            with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=hw, mode="w|",  # type: ignore[call-overload]
+                              format=tarfile.PAX_FORMAT, copybufsize=chunk) as tf:
                 tf.addfile(directory("big").tarinfo())
                 n_files = max(1, -(-size_bytes // file_size))
                 for i in range(n_files):
                     this = min(file_size, size_bytes - i * file_size) if size_bytes else 0
                     ti = file(f"big/file-{i:04d}", mtime=DEFAULT_MTIME + i).tarinfo()
                     ti.size = this
-                    tf.addfile(ti, _PseudoRandomReader(pool, this, chunk, zeros, rng))
+                    tf.addfile(ti, _PseudoRandomReader(pool, this, compressible_fraction, rng))
         finally:
             proc.stdin.close()
             rc = proc.wait()
@@ -761,20 +760,19 @@ def big_layer_layout(
 
 
 class _PseudoRandomReader:
-    """Reads ``size`` bytes: per chunk ``zeros`` zero bytes then pool windows."""
+    """Reads exactly ``size`` bytes: each read is ``zeros_fraction`` zeros + a pool window."""
 
-    def __init__(self, pool: bytes, size: int, chunk: int, zeros: int,
+    def __init__(self, pool: bytes, size: int, zeros_fraction: float,
                  rng: random.Random) -> None:
-        self.pool, self.left, self.chunk, self.zeros, self.rng = pool, size, chunk, zeros, rng
-        self._zero = bytes(zeros)
-        self._lock = threading.Lock()
+        self.pool, self.left, self.zf, self.rng = pool, size, zeros_fraction, rng
 
     def read(self, n: int = -1) -> bytes:
-        if self.left <= 0:
+        want = self.left if n is None or n < 0 else min(n, self.left)
+        if want <= 0:
             return b""
-        want = min(self.chunk, self.left)
-        off = self.rng.randrange(0, len(self.pool) - self.chunk)
-        data = self._zero[: min(self.zeros, want)]
-        data += self.pool[off: off + want - len(data)]
-        self.left -= len(data)
+        want = min(want, len(self.pool) // 2)
+        z = int(want * self.zf)
+        off = self.rng.randrange(0, len(self.pool) - want)
+        data = bytes(z) + self.pool[off: off + want - z]
+        self.left -= want
         return data
