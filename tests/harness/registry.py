@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 Mode = Literal["plain", "tls", "htpasswd", "token"]
 DEFAULT_USER = "alice"
-DEFAULT_PASSWORD = "s3cret-pässword"  # non-ASCII on purpose
+DEFAULT_PASSWORD = "s3cret-pw"
 SERVICE = "unlade-test-registry"
 ISSUER = "unlade-test-issuer"
 
