@@ -24,7 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import LayerError, LayerEscape, MalformedLayer, NoSpace, UnladeError
+from .errors import LayerError, LayerEscape, NoSpace, UnladeError
 from .tarstream import BLOCKDEV, CHAR, DIR, FIFO, GLOBAL, HARDLINK, REG, SYMLINK, Entry, TarReader
 
 WHITEOUT_PREFIX = ".wh."
@@ -107,38 +107,59 @@ class RootFS:
     def _walk(
         self, canon: tuple[str, ...], parts: list[str], create: bool, links: list[int]
     ) -> tuple[str, ...]:
+        """Resolve ``parts`` from ``canon``; missing directories left in the result are
+        created (0755, as containerd's mkparent) when ``create``, else reported."""
+        canon, real = self._resolve(canon, parts, links)
+        if len(canon) > real:
+            if not create:
+                raise _Fail(f"{'/'.join(canon)!r} does not exist")
+            for i in range(real, len(canon)):
+                parent = self.fd(canon[:i])
+                os.mkdir(canon[i], 0o755, dir_fd=parent)
+                os.chmod(canon[i], 0o755, dir_fd=parent)  # as mkdir(0755) under any umask
+        return canon
+
+    def _resolve(
+        self, canon: tuple[str, ...], parts: list[str], links: list[int]
+    ) -> tuple[tuple[str, ...], int]:
+        """Like continuity's RootPath: a missing component is taken lexically (so
+        ``missing/../x`` is ``x``). Returns the path and how many of its leading
+        components exist as directories."""
+        real = len(canon)
         for part in parts:
             if part in ("", "."):
                 continue
             if part == "..":
                 canon = canon[:-1]
+                real = min(real, len(canon))
+                continue
+            if len(canon) > real:  # below a missing directory: nothing to look at
+                canon = (*canon, part)
                 continue
             parent = self.fd(canon)
             try:
                 st = os.stat(part, dir_fd=parent, follow_symlinks=False)
             except FileNotFoundError:
-                if not create:
-                    raise _Fail(f"{'/'.join((*canon, part))!r} does not exist") from None
-                os.mkdir(part, 0o755, dir_fd=parent)
-                os.chmod(part, 0o755, dir_fd=parent)  # as mkdir(0755) under any umask
                 canon = (*canon, part)
                 continue
             if stat.S_ISDIR(st.st_mode):
                 canon = (*canon, part)
+                real = len(canon)
             elif stat.S_ISLNK(st.st_mode):
                 links[0] += 1
                 if links[0] > MAX_SYMLINKS:
                     raise _Fail("too many levels of symbolic links")
                 target = os.readlink(part, dir_fd=parent)
-                start = () if target.startswith("/") else canon
-                canon = self._walk(start, target.split("/"), create, links)
+                canon, real = self._resolve(() if target.startswith("/") else canon,
+                                            target.split("/"), links)
             else:
                 raise _Fail(f"{'/'.join((*canon, part))!r} is not a directory")
-        return canon
+        return canon, real
 
 
 def _clean(name: str) -> str:
-    """Go's filepath.Clean without the root: '' means the root itself."""
+    """Go's filepath.Clean relative to the root ('' is the root itself); ``..`` that would
+    climb above the root is clamped there, as containerd scopes it."""
     cleaned = posixpath.normpath("/" + name).lstrip("/")
     return "" if cleaned == "." else cleaned
 
@@ -175,7 +196,7 @@ class _Applier:
         path = (*parent, base)
 
         if base.startswith(WHITEOUT_PREFIX):
-            self._whiteout(parent, pfd, base)
+            self._whiteout(parent, base)
             return
 
         try:
@@ -183,7 +204,8 @@ class _Applier:
         except FileNotFoundError:
             st = None
         if st is not None and not (stat.S_ISDIR(st.st_mode) and entry.type == DIR):
-            self._remove(pfd, base, st)
+            self._remove(parent, base, st)
+            pfd = fs.fd(parent)
             st = None
 
         typ = entry.type
@@ -274,40 +296,47 @@ class _Applier:
                     continue  # user.* only exists on regular files and directories
                 raise
 
-    def _remove(self, pfd: int, base: str, st: os.stat_result | None = None) -> None:
+    def _remove(
+        self, parent: tuple[str, ...], base: str, st: os.stat_result | None = None
+    ) -> None:
+        """Remove ``base`` (recursively) from the directory ``parent``, if it exists."""
+        pfd = self.fs.fd(parent)
         if st is None:
             try:
                 st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
             except FileNotFoundError:
                 return
         if stat.S_ISDIR(st.st_mode):
-            self.fs.invalidate()
             shutil.rmtree(base, dir_fd=pfd)
         else:
-            if stat.S_ISLNK(st.st_mode):
-                self.fs.invalidate()
             os.unlink(base, dir_fd=pfd)
+        if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            self.fs.invalidate()  # names resolved through it may now resolve elsewhere
 
-    def _whiteout(self, parent: tuple[str, ...], pfd: int, base: str) -> None:
+    def _whiteout(self, parent: tuple[str, ...], base: str) -> None:
         if base == WHITEOUT_OPAQUE:
             self._opaque(parent)
             return
         original = base[len(WHITEOUT_PREFIX) :]
-        if original in ("", ".", "..") or "/" in original:
-            raise _Fail(f"invalid whiteout name {base!r}", MalformedLayer)
-        self._remove(pfd, original)
+        if original in ("", ".", ".."):
+            raise _Fail(f"invalid whiteout {base!r} escapes its directory", LayerEscape)
+        self._remove(parent, original)
 
     def _opaque(self, parent: tuple[str, ...]) -> None:
         """Remove what lower layers put below ``parent`` and this layer did not add."""
 
         def sweep(canon: tuple[str, ...]) -> None:
-            fd = self.fs.fd(canon)
-            with os.scandir(fd) as it:
-                names = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                         dir_fd=self.fs.fd(canon))
+            try:
+                with os.scandir(fd) as it:
+                    names = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            finally:
+                os.close(fd)
             for name, is_dir in names:
                 path = (*canon, name)
                 if path not in self.unpacked:
-                    self._remove(self.fs.fd(canon), name)
+                    self._remove(canon, name)
                 elif is_dir:
                     sweep(path)
 

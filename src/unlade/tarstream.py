@@ -149,19 +149,16 @@ class TarReader:
             yield piece
 
     def _finish_entry(self) -> bool:
-        """Skip what is left of the current entry; False if the stream ended cleanly at the
-        start of its padding (the layout umoci 0.4.7 writes, which containerd accepts)."""
+        """Skip what is left of the current entry; False if the stream ended within its
+        padding (umoci 0.4.7 writes such layers, and containerd accepts them)."""
         if self._remaining:
             if self._skip(self._remaining) != self._remaining:
                 raise TruncatedLayer(f"entry {self.entry_name!r}: stream ends inside its data")
             self._remaining = 0
         if self._pad:
-            got = self._skip(self._pad)
             pad, self._pad = self._pad, 0
-            if got == 0:
-                return False
-            if got != pad:
-                raise TruncatedLayer(f"entry {self.entry_name!r}: stream ends inside padding")
+            if self._skip(pad) != pad:
+                return False  # as Go's reader: a short padding is the end of the archive
         return True
 
     # -- headers -----------------------------------------------------------------------
@@ -172,7 +169,16 @@ class TarReader:
         if len(block) < BLOCK:
             raise TruncatedLayer(f"stream ends inside a tar header (after {self.entry_name!r})")
         if not block.strip(b"\0"):
-            return None  # end-of-archive marker; whatever follows is drained by the caller
+            # End-of-archive: as Go's reader, a second zero block (or nothing) must follow;
+            # whatever comes after it is drained by the caller.
+            second = self._take(BLOCK)
+            if len(second) not in (0, BLOCK):
+                raise TruncatedLayer("stream ends inside the end-of-archive marker")
+            if second.strip(b"\0"):
+                raise MalformedLayer(
+                    f"tar header after a single zero block (after {self.entry_name!r})"
+                )
+            return None
         stored = _number(block[148:156], "checksum")
         unsigned = sum(block[:148]) + 256 + sum(block[156:])
         if stored != unsigned:

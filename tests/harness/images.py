@@ -162,10 +162,14 @@ def symlink(name: str, target: str, uid: int = 0, gid: int = 0,
     return Entry(name, tarfile.SYMTYPE, b"", 0o777, uid, gid, mtime, linkname=target, **kw)
 
 
-def hardlink(name: str, target: str, **kw: Any) -> Entry:
-    """A hard link to ``target`` (a path in this or a lower layer, relative to the root)."""
-    kw.setdefault("mode", 0o644)
-    return Entry(name, tarfile.LNKTYPE, linkname=target, **kw)
+def hardlink(name: str, target: str, mode: int = 0o644, uid: int = 0, gid: int = 0,
+             mtime: int | float | str = DEFAULT_MTIME, **kw: Any) -> Entry:
+    """A hard link to ``target`` (a path in this or a lower layer, relative to the root).
+
+    The header's own mode/uid/gid/mtime are ignored by umoci (and Docker/containerd): the
+    link shares the target's inode. Pass the target's values to avoid ambiguity.
+    """
+    return Entry(name, tarfile.LNKTYPE, b"", mode, uid, gid, mtime, linkname=target, **kw)
 
 
 def chardev(name: str, major: int, minor: int, mode: int = 0o666, **kw: Any) -> Entry:
@@ -545,6 +549,46 @@ def push_raw(
     return desc["digest"]
 
 
+@dataclass
+class PushedImage:
+    """An image built into an OCI layout and pushed to a registry."""
+
+    layout: Path
+    tag: str
+    repo: str
+    registry: Registry
+    digest: str
+    info: ImageInfo | IndexInfo
+
+    @property
+    def ref(self) -> str:
+        """``127.0.0.1:PORT/repo:tag``."""
+        return f"{self.registry.host}/{self.repo}:{self.tag}"
+
+    @property
+    def digest_ref(self) -> str:
+        """``127.0.0.1:PORT/repo@sha256:...``."""
+        return f"{self.registry.host}/{self.repo}@{self.digest}"
+
+
+def build_and_push(
+    layout: Path,
+    registry: Registry,
+    repo: str,
+    tag: str,
+    layers: Sequence[Sequence[Entry] | bytes],
+    *,
+    raw: bool = False,
+    fmt: Literal["oci", "v2s2"] = "oci",
+    **build_kw: Any,
+) -> PushedImage:
+    """:func:`build_layout` + :func:`push` (or :func:`push_raw` if ``raw``) in one go."""
+    info = build_layout(layout, tag, layers, **build_kw)
+    digest = (push_raw(layout, tag, registry, repo) if raw
+              else push(layout, tag, registry, repo, fmt=fmt))
+    return PushedImage(Path(layout), tag, repo, registry, digest, info)
+
+
 # ----------------------------------------------------------------------------------------------
 # A tricky image
 
@@ -610,7 +654,7 @@ def tricky_layers() -> list[list[Entry]]:
         file("usr/bin/httpd", b"\x7fELF httpd", mode=0o755, mtime=t + 9,
              xattrs={"security.capability": CAP_NET_BIND_SERVICE_EP}),
         file("usr/bin/python3", b"\x7fELF python", mode=0o755, mtime=t + 10),
-        hardlink("usr/bin/python3.11", "usr/bin/python3"),
+        hardlink("usr/bin/python3.11", "usr/bin/python3", mode=0o755, mtime=t + 10),
         file("usr/lib/libfoo.so.1", b"\x7fELF lib", mtime=t + 11),
         symlink("usr/lib/libfoo.so", "libfoo.so.1", mtime=t + 12),
         chardev("dev/null", 1, 3, mode=0o666, mtime=t + 13),
@@ -645,7 +689,7 @@ def tricky_layers() -> list[list[Entry]]:
     layer2 = [
         directory("etc"),
         file("etc/hostname", "layer2\n", mtime=t + 100),
-        hardlink("etc/passwd-link", "etc/passwd"),
+        hardlink("etc/passwd-link", "etc/passwd", mtime=t + 1),
         directory("whiteme"),
         whiteout("whiteme/gone.txt"),
         whiteout("whiteme/subdir"),
@@ -663,7 +707,7 @@ def tricky_layers() -> list[list[Entry]]:
         file("data/file", "data\n", uid=1000, gid=1000, mtime=t + 200),
         directory("opt"),
         file("opt/a", "shared inode\n", mtime=t + 201),
-        hardlink("opt/b", "opt/a"),
+        hardlink("opt/b", "opt/a", mtime=t + 201),
     ]
     return [layer1, layer2, layer3]
 
