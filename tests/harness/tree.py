@@ -119,12 +119,6 @@ def snapshot(
     return snap
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, int) and not isinstance(v, bool) and v > 7:
-        return f"{v} ({oct(v)})"
-    return repr(v)
-
-
 def diff(a: Snapshot, b: Snapshot, *, ignore: Iterable[str] = ()) -> list[str]:
     """Human-readable differences between snapshots ``a`` (expected) and ``b`` (actual).
 
@@ -154,7 +148,7 @@ def diff(a: Snapshot, b: Snapshot, *, ignore: Iterable[str] = ()) -> list[str]:
                     if xa.get(name) != xb.get(name):
                         out.append(f"{path}: xattr {name} {xa.get(name)!r} != {xb.get(name)!r}")
             else:
-                out.append(f"{path}: {key} {_fmt(va)} != {_fmt(vb)}")
+                out.append(f"{path}: {key} {va!r} != {vb!r}")
     return out
 
 

@@ -1,0 +1,124 @@
+"""A TCP proxy on 127.0.0.1 in front of a real registry that makes the link misbehave:
+slow (bytes per second), or cut once after N bytes of a blob response. It does not invent
+registry answers: everything the client sees was sent by the real registry.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+_REQUEST = re.compile(rb"^(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/1\.[01]\r\n(.*?)\r\n\r\n",
+                      re.S)
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FaultProxy:
+    """``with FaultProxy("127.0.0.1:5000", rate=..., cut_blob_after=...) as p: p.host``."""
+
+    def __init__(self, upstream: str, *, rate: float | None = None,
+                 cut_blob_after: int | None = None) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.rate = rate
+        self.cut_blob_after = cut_blob_after
+        self.cuts = 0
+        self.requests: list[Seen] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(32)
+        self._server.settimeout(0.2)
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self._server.getsockname()[1]}"
+
+    def __enter__(self) -> FaultProxy:
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._server.close()
+        for t in self._threads:
+            t.join(5)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except (TimeoutError, OSError):
+                continue
+            upstream = socket.create_connection(self.upstream, timeout=30)
+            state = {"blob": False, "sent": 0}
+            for src, dst, fn in ((client, upstream, self._up), (upstream, client, self._down)):
+                t = threading.Thread(target=fn, args=(src, dst, state), daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _up(self, src: socket.socket, dst: socket.socket, state: dict[str, object]) -> None:
+        self._pump(src, dst, state, upstream=True)
+
+    def _down(self, src: socket.socket, dst: socket.socket, state: dict[str, object]) -> None:
+        self._pump(src, dst, state, upstream=False)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, state: dict[str, object],
+              upstream: bool) -> None:
+        src.settimeout(0.5)
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = src.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                if upstream:
+                    m = _REQUEST.match(data)
+                    if m:
+                        headers = dict(
+                            line.decode().split(": ", 1) for line in m.group(3).split(b"\r\n")
+                            if b": " in line
+                        )
+                        seen = Seen(m.group(1).decode(), m.group(2).decode(), headers)
+                        with self._lock:
+                            self.requests.append(seen)
+                        state["blob"] = "/blobs/sha256:" in seen.path and seen.method == "GET"
+                        state["sent"] = 0
+                else:
+                    if self.rate:
+                        time.sleep(len(data) / self.rate)
+                    cut = self.cut_blob_after
+                    if cut is not None and state["blob"] and self.cuts == 0:
+                        sent = int(state["sent"])  # type: ignore[call-overload]
+                        if sent + len(data) > cut:
+                            dst.sendall(data[: max(cut - sent, 0)])
+                            with self._lock:
+                                self.cuts += 1
+                            break
+                        state["sent"] = sent + len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
