@@ -24,8 +24,11 @@ and ``tmp/file`` with known contents, modes, mtimes and an xattr, snapshots ever
 ``tmp`` except the root's contents (type, mode, owner, inode, link count, size, mtime,
 ctime, content, link target, device number, xattrs) and asserts after the apply - whether
 it raised or not - that the snapshot is unchanged, that the root is still the same
-directory, that ``/etc/passwd`` on the host was not linked to or modified, and that no
-regular file in the root holds the content of an outside file.
+directory, that ``/etc/passwd`` on the host was not linked to or modified, that no name
+appeared in the host's ``/`` or ``/etc`` and no tokenised canary (``/etc/unbroken-<tok>``,
+``/tmp/breakout-<tok>``, ...) was created, and that no regular file in the root holds the
+content of an outside file. Only :class:`~unlade.errors.LayerError` may escape; an expected
+error must be of the right class and its one-line message must name the layer and the entry.
 """
 
 from __future__ import annotations
@@ -1156,17 +1159,17 @@ EXTRA: list[Case] = [
     Case(
         # A hardlink to /etc/passwd with no etc/passwd in the root must not reach the host's.
         "extra/HardlinkEtcPasswdMissingInRoot",
-        layer=[H("pw", "/etc/passwd")],
+        layer=[H("pwlink", "/etc/passwd")],
         error=LayerError,
-        mentions=("pw",),
-        check=[absent("pw")],
+        mentions=("pwlink",),
+        check=[absent("pwlink")],
     ),
     Case(
         "extra/HardlinkHostAbsolutePath",
-        layer=[H("pwn", "{secret}")],
+        layer=[H("pwnlink", "{secret}")],
         error=LayerError,
-        mentions=("pwn",),
-        check=[absent("pwn")],
+        mentions=("pwnlink",),
+        check=[absent("pwnlink")],
     ),
     Case(
         # ../victim/hello resolves to root/victim/hello, never tmp/victim/hello.
@@ -1188,9 +1191,9 @@ EXTRA: list[Case] = [
     ),
     Case(
         "extra/HardlinkTargetDotDotBase",
-        layer=[D("sub"), H("up", "sub/../..")],
+        layer=[D("sub"), H("dotdotlink", "sub/../..")],
         error=LayerError,
-        mentions=("up",),
+        mentions=("dotdotlink",),
     ),
     Case(
         "extra/SymlinkedDirReplacedThenWrittenThrough",
@@ -1258,9 +1261,9 @@ EXTRA: list[Case] = [
     ),
     Case(
         "extra/SymlinkSelfLoopHardlink",
-        layer=[S("self", "self"), H("hl", "self/x")],
+        layer=[S("self", "self"), H("selfloop-link", "self/x")],
         error=LayerError,
-        mentions=("hl",),
+        mentions=("selfloop-link",),
     ),
     Case(
         # 45 links: containerd (limit 255) writes root/outside/f; a kernel-resolved

@@ -5,6 +5,7 @@ registry answers: everything the client sees was sent by the real registry.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -117,8 +118,6 @@ class FaultProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()

@@ -311,7 +311,7 @@ class TokenServer:
         if self._ssl_context is not None:
             self._server.socket = self._ssl_context.wrap_socket(
                 self._server.socket, server_side=True)
-        self._thread = threading.Thread(target=self._server.serve_forever,
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         name="token-server", daemon=True)
         self._thread.start()
         return self
