@@ -11,6 +11,7 @@ root with ``@pytest.mark.root`` (same skip/fail rule).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -23,12 +24,9 @@ import pytest
 TESTS_DIR = Path(__file__).resolve().parent
 SRC_DIR = TESTS_DIR.parent / "src"
 
-# Make `import unlade` work without an editable install.
-try:
-    import unlade  # noqa: F401
-except ImportError:
-    if SRC_DIR.is_dir() and str(SRC_DIR) not in sys.path:
-        sys.path.insert(0, str(SRC_DIR))
+# Make `import unlade` work without an editable install (find_spec does not import it).
+if importlib.util.find_spec("unlade") is None and SRC_DIR.is_dir():
+    sys.path.insert(0, str(SRC_DIR))
 
 from harness import images  # noqa: E402
 from harness.images import PushedImage  # noqa: E402

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import hashlib
@@ -36,6 +37,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -122,6 +124,9 @@ class TokenServer:
     Attributes that tests may change while running: ``anonymous_pull``, ``users``
     (``{name: password}``), ``ttl`` (seconds), ``fail_status`` (if set, every request
     answers that status, e.g. 500).
+
+    Note: distribution 2.8 accepts tokens up to 60 s after ``exp`` (clock-skew leeway), so
+    a small ``ttl`` only affects clients that honour ``expires_in``.
     """
 
     def __init__(
@@ -309,8 +314,8 @@ class TokenServer:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         if self._ssl_context is not None:
-            self._server.socket = self._ssl_context.wrap_socket(
-                self._server.socket, server_side=True)
+            self._server.socket = self._ssl_context.wrap_socket(  # handshake in handler thread
+                self._server.socket, server_side=True, do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         name="token-server", daemon=True)
         self._thread.start()
@@ -326,6 +331,15 @@ class TokenServer:
 
 # ----------------------------------------------------------------------------------------------
 # Registry
+
+
+_RUNNING: weakref.WeakSet[Registry] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:  # e.g. after KeyboardInterrupt
+    for reg in list(_RUNNING):
+        reg._kill()
 
 
 @dataclass
@@ -533,6 +547,7 @@ class Registry:
             d = self.certs_d / self.host
             d.mkdir(parents=True, exist_ok=True)
             shutil.copy(self.cert_dir / "ca.crt", d / "ca.crt")
+        _RUNNING.add(self)
         self.mark()
         return self
 
