@@ -318,3 +318,46 @@ def test_library_api(tmp_path: Path, tricky_image: PushedImage) -> None:
     assert result.manifest_digest == tricky_image.digest
     assert result.rootfs == str(tmp_path / "lib")
     assert shutil.disk_usage(tmp_path / "lib")
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+def test_transient_errors_are_retried(
+    status: int, tmp_path: Path, tricky_image: PushedImage, run_unlade: RunUnlade
+) -> None:
+    with FaultProxy(tricky_image.registry.host, fail_first=2, fail_status=status) as proxy:
+        ref = tricky_image.ref.replace(tricky_image.registry.host, proxy.host)
+        _pull_json(run_unlade, ref, tmp_path / "r")
+    assert proxy.injected == 2
+    first_three = [r.path for r in proxy.requests[:3]]
+    assert first_three[0] == first_three[1] == first_three[2]  # the same request, retried
+
+
+def test_persistent_server_error_fails_with_status(
+    tmp_path: Path, tricky_image: PushedImage, run_unlade: RunUnlade
+) -> None:
+    with FaultProxy(tricky_image.registry.host, fail_first=100, fail_status=503) as proxy:
+        ref = tricky_image.ref.replace(tricky_image.registry.host, proxy.host)
+        proc = run_unlade("pull", "--plain-http", ref, "--rootfs", tmp_path / "r")
+    assert proc.returncode == 1
+    assert "answered HTTP 503" in proc.stderr
+    assert 2 <= proxy.injected <= 10  # bounded retries
+
+
+def test_blob_redirect_to_another_host_drops_authorization(
+    tmp_path: Path, auth_registry: Registry, registry: Registry, run_unlade: RunUnlade
+) -> None:
+    """Blobs redirected (as to a CDN) are fetched without the registry's credentials."""
+    layout = tmp_path / "layout"
+    images.build_layout(layout, "t", [[images.file("f", "redirected")]])
+    images.push(layout, "t", auth_registry, "redir/img")
+    images.push(layout, "t", registry, "redir/img")  # the "CDN" serves the same blobs
+    user, password = auth_registry.credentials  # type: ignore[misc]
+    with FaultProxy(registry.host, bind="127.0.0.2") as cdn, \
+            FaultProxy(auth_registry.host, redirect_blobs_to=cdn.host) as front:
+        run_unlade("pull", "--plain-http", "--creds", f"{user}:{password}",
+                   f"{front.host}/redir/img:t", "--rootfs", tmp_path / "r", check=True)
+    assert (tmp_path / "r" / "f").read_text() == "redirected"
+    assert any("Authorization" in r.headers for r in front.requests)
+    blob_gets = [r for r in cdn.requests if "/blobs/" in r.path]
+    assert len(blob_gets) == 2  # config and layer
+    assert not any("Authorization" in r.headers for r in cdn.requests)

@@ -7,4 +7,7 @@ Modules:
 * :mod:`harness.tree` -- snapshot and compare unpacked root filesystems.
 * :mod:`harness.umoci` -- reference unpacking with ``umoci``.
 * :mod:`harness.tools` -- skip-or-fail helpers for missing external tools.
+* :mod:`harness.protocols` -- call signatures of the factory fixtures (type hints).
+
+Import as ``from harness import images`` (``tests/`` is on ``sys.path`` via rootdir conftest).
 """

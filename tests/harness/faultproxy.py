@@ -27,25 +27,34 @@ class FaultProxy:
     """``with FaultProxy("127.0.0.1:5000", rate=..., cut_blob_after=...) as p: p.host``."""
 
     def __init__(self, upstream: str, *, rate: float | None = None,
-                 cut_blob_after: int | None = None) -> None:
+                 cut_blob_after: int | None = None, fail_first: int = 0,
+                 fail_status: int = 503, redirect_blobs_to: str | None = None,
+                 bind: str = "127.0.0.1") -> None:
+        """``fail_first`` answers the first N requests with ``fail_status`` itself;
+        ``redirect_blobs_to`` answers blob GETs with a 307 to that host:port."""
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
         self.rate = rate
         self.cut_blob_after = cut_blob_after
         self.cuts = 0
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.redirect_blobs_to = redirect_blobs_to
+        self.injected = 0
         self.requests: list[Seen] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server = socket.socket()
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._server.bind(("127.0.0.1", 0))
+        self._server.bind((bind, 0))
         self._server.listen(32)
         self._server.settimeout(0.2)
         self._threads: list[threading.Thread] = []
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self._server.getsockname()[1]}"
+        addr, port = self._server.getsockname()
+        return f"{addr}:{port}"
 
     def __enter__(self) -> FaultProxy:
         t = threading.Thread(target=self._accept, daemon=True)
@@ -71,6 +80,19 @@ class FaultProxy:
                 t = threading.Thread(target=fn, args=(src, dst, state), daemon=True)
                 t.start()
                 self._threads.append(t)
+
+    def _inject(self, seen: Seen) -> bytes | None:
+        """A response of our own instead of forwarding, or None."""
+        with self._lock:
+            if self.injected < self.fail_first:
+                self.injected += 1
+                return (f"HTTP/1.1 {self.fail_status} Injected\r\nContent-Length: 0\r\n"
+                        "Retry-After: 0\r\n\r\n").encode()
+        if self.redirect_blobs_to and "/blobs/sha256:" in seen.path and seen.method == "GET":
+            return (f"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://"
+                    f"{self.redirect_blobs_to}{seen.path}\r\nContent-Length: 0\r\n\r\n"
+                    ).encode()
+        return None
 
     def _up(self, src: socket.socket, dst: socket.socket, state: dict[str, object]) -> None:
         self._pump(src, dst, state, upstream=True)
@@ -101,6 +123,10 @@ class FaultProxy:
                             self.requests.append(seen)
                         state["blob"] = "/blobs/sha256:" in seen.path and seen.method == "GET"
                         state["sent"] = 0
+                        answer = self._inject(seen)
+                        if answer is not None:
+                            src.sendall(answer)
+                            continue
                 else:
                     if self.rate:
                         time.sleep(len(data) / self.rate)
