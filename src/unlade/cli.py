@@ -132,7 +132,8 @@ def _pull(args: argparse.Namespace) -> int:
         where = f" into {result.rootfs}" if result.rootfs else ""
         print(
             f"pulled {result.reference} ({result.manifest_digest[:19]}, {result.platform}): "
-            f"{len(result.layers)} layers, {_size(total)}, {_size(result.bytes_fetched)} "
+            f"{len(result.layers)} layer{'s' if len(result.layers) != 1 else ''}, "
+            f"{_size(total)}, {_size(result.bytes_fetched)} "
             f"fetched in {result.seconds:.2f} s{where}"
         )
     return EXIT_OK
