@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from isal import igzip
+from isal import igzip, isal_zlib
 
 try:  # Python 3.14+ ships it as compression.zstd
     from compression import zstd as _zstd  # type: ignore[import-not-found]
@@ -17,6 +17,11 @@ except ImportError:  # pragma: no cover - depends on the interpreter
     from backports import zstd as _zstd
 
 GZIP, ZSTD, NONE = "gzip", "zstd", "none"
+
+#: What the decompressors raise on corrupt input (EOFError, separately, means truncated).
+CORRUPT_DATA_ERRORS: tuple[type[Exception], ...] = (
+    igzip.BadGzipFile, isal_zlib.error, _zstd.ZstdError,
+)
 
 
 def open_decompressed(raw: BinaryIO, compression: str) -> BinaryIO:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from .content import BlobWriter, ContentStore
-from .decompress import open_decompressed
+from .decompress import CORRUPT_DATA_ERRORS, open_decompressed
 from .errors import (
     DigestMismatch,
     Interrupted,
@@ -32,7 +32,6 @@ from .errors import (
     ManifestError,
     StoreError,
     TruncatedLayer,
-    UnladeError,
 )
 from .layer import apply_layer
 from .manifest import (
@@ -120,13 +119,9 @@ class _Hashing:
     def read(self, n: int = -1) -> bytes:
         try:
             data = self._src.read(n)
-        except UnladeError:
-            raise
         except EOFError:
             raise TruncatedLayer(f"{self._compression} stream ends early") from None
-        except Exception as err:  # the decompressors' error types differ by library
-            if isinstance(err, OSError) and err.errno is not None:
-                raise
+        except CORRUPT_DATA_ERRORS as err:
             raise MalformedLayer(f"corrupt {self._compression} data ({err})") from None
         self.hash.update(data)
         return data
@@ -144,6 +139,16 @@ def _check_target(rootfs: Path) -> None:
             raise StoreError(f"--rootfs {rootfs} is not empty")
     elif not rootfs.parent.is_dir():
         raise StoreError(f"parent directory of --rootfs {rootfs} does not exist")
+
+
+def _verify(data: bytes, digest: str, what: str, size: int | None = None) -> None:
+    """Content fetched by digest must hash (with that digest's algorithm) to it."""
+    algo = digest.partition(":")[0]
+    actual = f"{algo}:{hashlib.new(algo, data).hexdigest()}"
+    if actual != digest:
+        raise DigestMismatch(f"{what} digest mismatch: expected {digest}, got {actual}")
+    if size is not None and len(data) != size:
+        raise DigestMismatch(f"{what} {digest}: got {len(data)} bytes, expected {size}")
 
 
 def _label(index: int, layer: Layer) -> str:
@@ -171,19 +176,16 @@ class Puller:
     def resolve(self, ref: Reference, platform: Platform | None) -> tuple[str, Manifest, str]:
         """Fetch and verify the manifest (through an index if need be); store both."""
         data, content_type = self.registry.get_manifest(ref)
+        if ref.digest:
+            _verify(data, ref.digest, "manifest")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if ref.digest and ref.digest.startswith("sha256:") and digest != ref.digest:
-            raise DigestMismatch(f"manifest digest mismatch: asked for {ref.digest}, got {digest}")
         parsed = parse(data, content_type)
         self.store.put(digest, data)
         if isinstance(parsed, Index):
             desc = parsed.select(platform)
             data, content_type = self.registry.get_manifest(ref, desc.digest)
+            _verify(data, desc.digest, "manifest", desc.size)
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
-            if digest != desc.digest or len(data) != desc.size:
-                raise DigestMismatch(
-                    f"manifest digest mismatch: index names {desc.digest}, got {digest}"
-                )
             parsed = parse(data, content_type or desc.media_type)
             if isinstance(parsed, Index):
                 raise ManifestError("an index inside an index is not supported")

@@ -147,24 +147,31 @@ class RegistryClient:
             return self.options.credentials
         return credentials_for(ref.registry, ref.repository, authfile=self.options.authfile)
 
-    def _authenticate(self, ref: Reference, challenge_header: str) -> bool:
-        """Answer a 401 challenge; True if a new Authorization header is worth a retry."""
+    def _authenticate(self, ref: Reference, challenge_header: str, sent: str | None) -> bool:
+        """Answer a 401 challenge to a request sent with ``sent``; True if a different
+        Authorization header is worth a retry. Decided per request, not from shared state,
+        so that concurrent downloads hitting an expired token all recover."""
         creds = self._credentials(ref)
         for challenge in parse_www_authenticate(challenge_header):
             if challenge.scheme == "bearer" and "realm" in challenge.params:
-                token = self._token(ref, challenge.params, creds)
-                header = f"Bearer {token}"
+                header = f"Bearer {self._token(ref, challenge.params, creds)}"
+                if header == sent:  # our cached token was refused: it expired early
+                    self._forget_token(ref, challenge.params)
+                    header = f"Bearer {self._token(ref, challenge.params, creds)}"
             elif challenge.scheme == "basic" and creds is not None:
                 raw = f"{creds.username}:{creds.password}".encode()
                 header = "Basic " + base64.b64encode(raw).decode()
             else:
                 continue
-            key = (ref.registry, ref.repository)
-            if self._auth.get(key) == header:
+            if header == sent:
                 return False  # the same answer was already refused
-            self._auth[key] = header
+            self._auth[(ref.registry, ref.repository)] = header
             return True
         return False
+
+    def _forget_token(self, ref: Reference, params: Mapping[str, str]) -> None:
+        scope = f"repository:{ref.repository}:pull"
+        self._tokens.pop((params["realm"], params.get("service", ""), scope), None)
 
     def _token(self, ref: Reference, params: Mapping[str, str], creds: Credentials | None) -> str:
         realm = params["realm"]
@@ -267,8 +274,8 @@ class RegistryClient:
         while True:
             hdrs = dict(headers or {})
             same_host = urlsplit(url).netloc == registry_netloc
-            auth = self._auth.get((ref.registry, ref.repository))
-            if same_host and auth:
+            auth = self._auth.get((ref.registry, ref.repository)) if same_host else None
+            if auth:
                 hdrs["Authorization"] = auth
             resp = self._send("GET", url, headers=hdrs, stream=stream,
                               host=ref.api_host if same_host else None)
@@ -277,7 +284,7 @@ class RegistryClient:
                 resp.drain_conn()
                 resp.release_conn()
                 sent_auth_retry = True
-                if self._authenticate(ref, challenge):
+                if self._authenticate(ref, challenge, auth):
                     continue
                 raise Unauthorized(self._unauthorized_message(ref, challenge))
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
