@@ -29,6 +29,12 @@ def _pull_json(run_unlade: RunUnlade, ref: str, rootfs: Path | None, *args: str,
     return doc
 
 
+def _assert_like_umoci(layout: Path, tag: str, rootfs: Path, tmp_path: Path) -> None:
+    """Every test image's rootfs must be the one umoci unpacks from the same layout."""
+    bundle = tmp_path / f"umoci-{rootfs.name}"
+    assert_same_tree(umoci_unpack(layout, tag, bundle), rootfs)
+
+
 def _push_variant(tmp_path: Path, registry: Registry, variant: str) -> tuple[Path, str, str]:
     """The tricky image as ``variant``; returns (layout, tag, ref)."""
     layout = tmp_path / f"layout-{variant}"
@@ -143,8 +149,11 @@ def test_platform_selection_from_index(
     tmp_path: Path, registry: Registry, run_unlade: RunUnlade
 ) -> None:
     layout = tmp_path / "layout"
-    images.build_index_layout(layout, "multi")
+    index = images.build_index_layout(layout, "multi")
     images.push(layout, "multi", registry, "multi/arch")
+    for key, tag in (("linux/amd64", "amd64"), ("linux/arm64/v8", "arm64")):
+        desc = {k: v for k, v in index.images[key].descriptor.items() if k != "platform"}
+        images.tag_descriptor(layout, tag, desc)  # so umoci can unpack each platform
     ref = f"{registry.host}/multi/arch:multi"
     host = _pull_json(run_unlade, ref, tmp_path / "host")
     assert (tmp_path / "host" / "etc" / "arch").read_text() == "amd64\n"
@@ -152,6 +161,8 @@ def test_platform_selection_from_index(
     arm = _pull_json(run_unlade, ref, tmp_path / "arm", "--platform", "linux/arm64")
     assert (tmp_path / "arm" / "etc" / "arch").read_text() == "arm64\n"
     assert arm["platform"] == "linux/arm64/v8"
+    _assert_like_umoci(layout, "amd64", tmp_path / "host", tmp_path)
+    _assert_like_umoci(layout, "arm64", tmp_path / "arm", tmp_path)
     proc = run_unlade("pull", "--plain-http", ref, "--rootfs", tmp_path / "s390",
                       "--platform", "linux/s390x")
     assert proc.returncode == 1
@@ -173,6 +184,7 @@ def test_tls_registry_with_cert_dir(
     run_unlade("pull", "--cert-dir", tls_registry.cert_dir, ref, "--rootfs", tmp_path / "yes",
                check=True)
     assert (tmp_path / "yes" / "hello").read_text() == "tls"
+    _assert_like_umoci(layout, "t", tmp_path / "yes", tmp_path)
 
 
 def _auth_env(tmp_path: Path) -> dict[str, str | None]:
@@ -221,6 +233,7 @@ def test_basic_auth_from_creds_authfile_and_env(
                check=True)
     for name in ("creds", "authfile", "envfile", "docker"):
         assert (tmp_path / name / "secret").read_text() == "basic"
+        _assert_like_umoci(layout, "t", tmp_path / name, tmp_path)
 
 
 def test_token_auth_anonymous_and_cached_per_scope(
@@ -237,6 +250,7 @@ def test_token_auth_anonymous_and_cached_per_scope(
     # manifest, config and three blobs: one token for the repository's pull scope
     assert token_registry.tokens_issued - before == 1
     assert (tmp_path / "r" / "f2").read_text() == "2"
+    _assert_like_umoci(layout, "t", tmp_path / "r", tmp_path)
 
 
 def test_broken_blob_stream_resumes_with_range(
@@ -253,6 +267,7 @@ def test_broken_blob_stream_resumes_with_range(
     assert ranged and ranged[0].headers["Range"].startswith("bytes=")
     assert int(ranged[0].headers["Range"][6:].rstrip("-")) > 0
     assert (tmp_path / "r" / "blob.bin").read_bytes() == payload
+    _assert_like_umoci(layout, "t", tmp_path / "r", tmp_path)
     assert doc["bytes_fetched"] == doc["size"]
 
 
@@ -357,6 +372,7 @@ def test_blob_redirect_to_another_host_drops_authorization(
         run_unlade("pull", "--plain-http", "--creds", f"{user}:{password}",
                    f"{front.host}/redir/img:t", "--rootfs", tmp_path / "r", check=True)
     assert (tmp_path / "r" / "f").read_text() == "redirected"
+    _assert_like_umoci(layout, "t", tmp_path / "r", tmp_path)
     assert any("Authorization" in r.headers for r in front.requests)
     blob_gets = [r for r in cdn.requests if "/blobs/" in r.path]
     assert len(blob_gets) == 2  # config and layer
