@@ -377,3 +377,26 @@ def test_blob_redirect_to_another_host_drops_authorization(
     blob_gets = [r for r in cdn.requests if "/blobs/" in r.path]
     assert len(blob_gets) == 2  # config and layer
     assert not any("Authorization" in r.headers for r in cdn.requests)
+
+
+def test_two_processes_pulling_into_one_store_both_succeed(
+    tmp_path: Path, registry: Registry, unlade_root: Path
+) -> None:
+    import sys
+
+    layout = tmp_path / "layout"
+    layers = [[images.file(f"f{i}", os.urandom(2 << 20))] for i in range(3)]
+    images.build_layout(layout, "t", layers)
+    images.push(layout, "t", registry, "concurrent/img")
+    env = {**os.environ, "UNLADE_ROOT": str(unlade_root)}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "unlade", "pull", "--plain-http", "-q",
+                          f"{registry.host}/concurrent/img:t", "--rootfs", str(tmp_path / n)],
+                         env=env, stderr=subprocess.PIPE, text=True)
+        for n in ("a", "b")
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert_same_tree(tmp_path / "a", tmp_path / "b")
+    _assert_like_umoci(layout, "t", tmp_path / "a", tmp_path)
+    assert list((unlade_root / "ingest").iterdir()) == []
