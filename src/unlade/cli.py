@@ -161,3 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unlade: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "),
                   file=sys.stderr)
         return EXIT_FAIL
+    except Exception as err:  # a bug of ours: still one line, with a way to see more
+        if os.environ.get("UNLADE_DEBUG"):
+            raise
+        print(f"unlade: internal error: {type(err).__name__}: {err} "
+              "(run with UNLADE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_FAIL

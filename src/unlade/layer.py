@@ -24,12 +24,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import LayerError, LayerEscape, NoSpace, UnladeError
+from .errors import LayerError, LayerEscape, MalformedLayer, NoSpace, UnladeError
 from .tarstream import BLOCKDEV, CHAR, DIR, FIFO, GLOBAL, HARDLINK, REG, SYMLINK, Entry, TarReader
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 MAX_SYMLINKS = 255  # as containerd's continuity fs.RootPath
+MAX_DEPTH = 256  # directory levels; real images stay below 40, PATH_MAX allows ~2000
 _FD_CACHE = 256
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -66,20 +67,25 @@ class RootFS:
         self.root_fd = os.open(self.root, _DIR_FLAGS & ~os.O_NOFOLLOW)
         self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self._names: dict[str, tuple[str, ...]] = {}
+        self._retired: list[int] = []
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-        self._names.clear()
+        self.invalidate()
+        self.release()
         os.close(self.root_fd)
 
     def invalidate(self) -> None:
         """Forget every cached resolution (after a removal that may change them)."""
-        for fd in self._fds.values():
-            os.close(fd)
+        self._retired.extend(self._fds.values())
         self._fds.clear()
         self._names.clear()
+
+    def release(self) -> None:
+        """Close descriptors dropped from the cache. Only called between entries: while an
+        entry is applied, a descriptor it holds must not be closed (and its number reused)."""
+        for fd in self._retired:
+            os.close(fd)
+        self._retired.clear()
 
     def fd(self, canon: tuple[str, ...]) -> int:
         """Descriptor of a canonical (symlink-free) in-root directory path."""
@@ -89,10 +95,15 @@ class RootFS:
         if fd is not None:
             self._fds.move_to_end(canon)
             return fd
-        fd = os.open(canon[-1], _DIR_FLAGS, dir_fd=self.fd(canon[:-1]))
-        self._fds[canon] = fd
-        if len(self._fds) > _FD_CACHE:
-            os.close(self._fds.popitem(last=False)[1])
+        depth = len(canon) - 1  # open downwards from the deepest cached ancestor
+        while depth and canon[:depth] not in self._fds:
+            depth -= 1
+        fd = self._fds[canon[:depth]] if depth else self.root_fd
+        for i in range(depth, len(canon)):
+            fd = os.open(canon[i], _DIR_FLAGS, dir_fd=fd)
+            self._fds[canon[: i + 1]] = fd
+        while len(self._fds) > _FD_CACHE:
+            self._retired.append(self._fds.popitem(last=False)[1])
         return fd
 
     def resolve_dir(self, name: str, *, create: bool) -> tuple[str, ...]:
@@ -110,6 +121,8 @@ class RootFS:
         """Resolve ``parts`` from ``canon``; missing directories left in the result are
         created (0755, as containerd's mkparent) when ``create``, else reported."""
         canon, real = self._resolve(canon, parts, links)
+        if len(canon) > MAX_DEPTH:
+            raise _Fail(f"path is more than {MAX_DEPTH} directories deep", MalformedLayer)
         if len(canon) > real:
             if not create:
                 raise _Fail(f"{'/'.join(canon)!r} does not exist")
@@ -179,9 +192,9 @@ class _Applier:
     def run(self) -> None:
         for entry in self.reader:
             self.stats.entries += 1
-            if entry.type == GLOBAL:
-                continue
-            self.apply(entry)
+            if entry.type != GLOBAL:
+                self.apply(entry)
+            self.fs.release()
         for name, atime, mtime in reversed(self.dirs):
             self._dir_times(name, atime, mtime)
 
@@ -373,6 +386,10 @@ def apply_layer(
         if isinstance(err, LayerError):
             raise type(err)(f"{layer}: {err}") from None
         raise
+    except (ValueError, OverflowError) as err:  # NUL in a name, device number too large
+        raise MalformedLayer(f"{layer}: entry {reader.entry_name!r}: {err}") from None
+    except RecursionError:
+        raise MalformedLayer(f"{layer}: entry {reader.entry_name!r}: tree too deep") from None
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise NoSpace(f"{layer}: no space left on device writing {reader.entry_name!r}") \

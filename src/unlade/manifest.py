@@ -102,6 +102,9 @@ class Descriptor:
         if not isinstance(digest, str) or not isinstance(size, int) or size < 0:
             raise ManifestError(f"{what} lacks a valid digest and size")
         plat = obj.get("platform")
+        annotations, urls = obj.get("annotations") or {}, obj.get("urls") or []
+        if not isinstance(annotations, dict) or not isinstance(urls, list):
+            raise ManifestError(f"{what} has malformed annotations or urls")
         return cls(
             media_type=str(obj.get("mediaType", "")),
             digest=validate_digest(digest),
@@ -109,8 +112,8 @@ class Descriptor:
             platform=Platform(str(plat.get("os", "")), str(plat.get("architecture", "")),
                               str(plat.get("variant", "")))
             if isinstance(plat, dict) else None,
-            annotations={str(k): str(v) for k, v in (obj.get("annotations") or {}).items()},
-            urls=tuple(obj.get("urls") or ()),
+            annotations={str(k): str(v) for k, v in annotations.items()},
+            urls=tuple(str(u) for u in urls),
         )
 
 
@@ -154,8 +157,8 @@ def _load(data: bytes, what: str) -> dict[str, Any]:
         raise ManifestError(f"{what} is larger than {MAX_MANIFEST} bytes")
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ManifestError(f"{what} is not valid JSON ({err})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ManifestError(f"{what} is not valid JSON ({str(err)[:100]})") from None
     if not isinstance(obj, dict):
         raise ManifestError(f"{what} is not a JSON object")
     return obj

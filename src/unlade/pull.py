@@ -46,7 +46,7 @@ from .manifest import (
     parse_config,
 )
 from .reference import Reference
-from .registry import RegistryClient
+from .registry import Cancellation, RegistryClient
 
 DOWNLOAD_WORKERS = 3
 
@@ -111,10 +111,10 @@ class PullResult:
 class _Hashing:
     """Hash what passes through; turn decompressor failures into layer errors."""
 
-    def __init__(self, src: BinaryIO, compression: str) -> None:
+    def __init__(self, src: BinaryIO, compression: str, algorithm: str = "sha256") -> None:
         self._src = src
         self._compression = compression
-        self.hash = hashlib.sha256()
+        self.hash = hashlib.new(algorithm)
 
     def read(self, n: int = -1) -> bytes:
         try:
@@ -162,7 +162,7 @@ class Puller:
         self.store = store
         self.registry = registry
         self.progress = progress or _NoProgress()
-        self.cancel = threading.Event()
+        self.cancel = Cancellation()
         self.bytes_fetched = 0
         self._lock = threading.Lock()
 
@@ -210,16 +210,18 @@ class Puller:
                         str(config.get("variant", "")))
         result = PullResult(str(ref), manifest_digest, media_type, cfg.digest, str(plat))
         result.layers = [
-            LayerResult(d.digest, lay.diff_id, d.size, d.media_type,
-                        fetched=not self.store.has(d.digest))
+            LayerResult(d.digest, lay.diff_id, d.size, d.media_type, fetched=False)
             for lay in layers
             for d in (lay.descriptor,)
         ]
-        if rootfs is None:
-            self._download_all(ref, layers)
-        else:
-            self._unpack(ref, layers, rootfs, result)
-            result.rootfs = str(rootfs)
+        try:
+            if rootfs is None:
+                self._download_all(ref, layers, result)
+            else:
+                self._unpack(ref, layers, rootfs, result)
+                result.rootfs = str(rootfs)
+        except KeyboardInterrupt:
+            raise Interrupted("pull interrupted; nothing half-written was left") from None
         result.bytes_fetched = self.bytes_fetched
         result.seconds = time.monotonic() - start
         return result
@@ -227,23 +229,22 @@ class Puller:
     # -- downloads -----------------------------------------------------------------------
     def _download(self, ref: Reference, index: int, writer: BlobWriter) -> None:
         def advance(n: int) -> None:
-            if self.cancel.is_set():
-                raise Interrupted("pull cancelled")
             with self._lock:
                 self.bytes_fetched += n
             self.progress.layer_bytes(index, n)
 
         try:
-            self.registry.download(ref, writer.digest, writer, advance)
+            self.registry.download(ref, writer.digest, writer, advance, self.cancel)
             writer.commit()
         except BaseException as err:
             writer.fail(err)
             raise
 
     def _start_downloads(
-        self, ref: Reference, layers: list[Layer], pool: ThreadPoolExecutor
-    ) -> dict[int, tuple[BlobWriter, Future[None]]]:
-        started: dict[int, tuple[BlobWriter, Future[None]]] = {}
+        self, ref: Reference, layers: list[Layer], pool: ThreadPoolExecutor,
+        started: dict[int, tuple[BlobWriter, Future[None]]], result: PullResult,
+    ) -> None:
+        """Fill ``started`` as it goes, so a failure part-way leaves nothing unowned."""
         seen: dict[str, int] = {}
         for i, layer in enumerate(layers):
             desc = layer.descriptor
@@ -252,30 +253,36 @@ class Puller:
             if cached:
                 continue
             seen[desc.digest] = i
+            result.layers[i].fetched = True
             writer = self.store.writer(desc.digest, desc.size)
             started[i] = (writer, pool.submit(self._download, ref, i, writer))
-        return started
 
-    def _download_all(self, ref: Reference, layers: list[Layer]) -> None:
-        with self._downloads(ref, layers) as started:
+    def _download_all(self, ref: Reference, layers: list[Layer], result: PullResult) -> None:
+        with self._downloads(ref, layers, result) as started:
             for i in range(len(layers)):
                 if i in started:
                     started[i][1].result()
                 self.progress.layer_done(i)
 
     @contextlib.contextmanager
-    def _downloads(self, ref: Reference, layers: list[Layer]):  # type: ignore[no-untyped-def]
+    def _downloads(  # type: ignore[no-untyped-def]
+        self, ref: Reference, layers: list[Layer], result: PullResult
+    ):
         pool = ThreadPoolExecutor(DOWNLOAD_WORKERS, thread_name_prefix="unlade-download")
         started: dict[int, tuple[BlobWriter, Future[None]]] = {}
         try:
-            started = self._start_downloads(ref, layers, pool)
+            self._start_downloads(ref, layers, pool, started, result)
             yield started
-        except BaseException:
-            self.cancel.set()
-            raise
         finally:
-            self.cancel.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            # Stop whatever still runs (at once: blocked reads are shut down), wait for the
+            # threads, then drop unverified temp blobs. A second Ctrl-C must not skip this.
+            self.cancel.cancel()
+            while True:
+                try:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    break
+                except KeyboardInterrupt:
+                    continue
             for writer, _ in started.values():
                 writer.close()
 
@@ -285,8 +292,9 @@ class Puller:
     ) -> None:
         work = Path(tempfile.mkdtemp(prefix=f".{rootfs.name}.unlade-", dir=rootfs.parent))
         try:
-            os.chmod(work, 0o755)
-            with self._downloads(ref, layers) as started:
+            # mkdtemp's 0700 stays: an image's device nodes and setuid files must not be
+            # reachable by other users through a world-readable rootfs.
+            with self._downloads(ref, layers, result) as started:
                 writers = {layers[i].descriptor.digest: w for i, (w, _) in started.items()}
                 for i, layer in enumerate(layers):
                     stats = self._apply_one(i, layer, writers.get(layer.descriptor.digest), work)
@@ -296,8 +304,6 @@ class Puller:
                 for _, future in started.values():
                     future.result()
             os.rename(work, rootfs)
-        except KeyboardInterrupt:
-            raise Interrupted("pull interrupted; nothing was left at the target") from None
         finally:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
@@ -309,7 +315,8 @@ class Puller:
         raw: BinaryIO = writer.follow() if writer is not None \
             else self.store.open(layer.descriptor.digest)  # type: ignore[assignment]
         try:
-            stream = _Hashing(open_decompressed(raw, layer.compression), layer.compression)
+            algo = layer.diff_id.partition(":")[0]
+            stream = _Hashing(open_decompressed(raw, layer.compression), layer.compression, algo)
             try:
                 stats = apply_layer(stream, root, layer=label)  # type: ignore[arg-type]
                 stream.drain()
@@ -317,7 +324,7 @@ class Puller:
                 if str(err).startswith(label):
                     raise
                 raise type(err)(f"{label}: {err}") from None
-            diff_id = "sha256:" + stream.hash.hexdigest()
+            diff_id = f"{algo}:{stream.hash.hexdigest()}"
             if diff_id != layer.diff_id:
                 raise DigestMismatch(
                     f"{label}: diffID mismatch: config says {layer.diff_id}, content is {diff_id}"

@@ -8,6 +8,7 @@ streamed in 1 MiB reads with content decoding off: blob bytes go untouched to th
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
 import ssl
@@ -37,6 +38,7 @@ from .auth import Credentials, credentials_for, parse_www_authenticate
 from .content import BlobWriter
 from .errors import (
     DigestMismatch,
+    Interrupted,
     ManifestError,
     NotFound,
     RegistryError,
@@ -62,9 +64,54 @@ class RetryPolicy:
     max_backoff: float = 8.0
 
     def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        if retry_after and retry_after.strip().isdigit():
-            return min(float(retry_after), self.max_backoff)
+        if retry_after and _digits(retry_after.strip()):
+            return min(float(retry_after.strip()[:6]), self.max_backoff)
         return min(self.backoff * (2 ** attempt), self.max_backoff) * (0.5 + random.random() / 2)
+
+
+class Cancellation:
+    """Lets one thread stop another's downloads at once: blocked socket reads are shut
+    down and retry sleeps end, instead of waiting out timeouts and backoffs."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._responses: set[urllib3.BaseHTTPResponse] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        self._event.set()
+        with self._lock:
+            responses = list(self._responses)
+        for resp in responses:
+            with contextlib.suppress(Exception):
+                resp.shutdown()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Interrupted("pull cancelled")
+
+    def sleep(self, seconds: float) -> None:
+        if self._event.wait(seconds):
+            raise Interrupted("pull cancelled")
+
+    @contextlib.contextmanager
+    def watching(self, resp: urllib3.BaseHTTPResponse) -> Iterator[None]:
+        with self._lock:
+            self._responses.add(resp)
+        try:
+            if self._event.is_set():
+                resp.shutdown()
+            yield
+        finally:
+            with self._lock:
+                self._responses.discard(resp)
+
+
+_NEVER = Cancellation()
 
 
 @dataclass(frozen=True)
@@ -80,15 +127,41 @@ class RegistryOptions:
     read_timeout: float = 60.0
 
 
+_SMALL_BODY = 64 * 1024
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def _error_detail(body: bytes) -> str:
     """The registry's own words from an error body ({"errors": [...]}), if any."""
     try:
         errors = json.loads(body).get("errors") or []
         return "; ".join(
             f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors
-        )
-    except (ValueError, AttributeError, TypeError):
+        )[:300]
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return ""
+
+
+def _discard(resp: urllib3.BaseHTTPResponse) -> None:
+    """Be done with a response whose body we do not want: a small body is drained so the
+    connection can be reused; anything larger (or endless) closes the connection."""
+    length = resp.headers.get("Content-Length", "")
+    if _digits(length) and int(length) <= _SMALL_BODY:
+        try:
+            resp.drain_conn()
+        except (HTTPError, OSError):
+            resp.close()
+    else:
+        resp.close()
+    resp.release_conn()
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
 
 
 class RegistryClient:
@@ -180,21 +253,37 @@ class RegistryClient:
         cached = self._tokens.get((realm, service, scope))
         if cached and cached[1] > time.monotonic():
             return cached[0]
-        if urlsplit(realm).scheme not in ("http", "https"):
-            raise Unauthorized(f"registry {ref.registry} sent an invalid token realm {realm!r}")
+        try:
+            scheme = urlsplit(realm).scheme
+        except ValueError:
+            scheme = ""
+        if scheme not in ("http", "https") or (
+            scheme == "http" and not self.options.plain_http and creds is not None
+        ):
+            raise Unauthorized(
+                f"registry {ref.registry} sent a token realm unlade will not use: {realm[:200]!r}"
+            )
         query = {"scope": scope, **({"service": service} if service else {})}
         headers = {}
         if creds and creds.identity_token:
             fields = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
                       "client_id": "unlade", **query}
             resp = self._send("POST", realm, headers={
-                "Content-Type": "application/x-www-form-urlencoded"}, body=urlencode(fields))
+                "Content-Type": "application/x-www-form-urlencoded"}, body=urlencode(fields),
+                stream=True)
         else:
             if creds:
                 raw = f"{creds.username}:{creds.password}".encode()
                 headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-            resp = self._send("GET", f"{realm}?{urlencode(query)}", headers=headers)
-        body = resp.data
+            sep = "&" if "?" in realm else "?"
+            resp = self._send("GET", f"{realm}{sep}{urlencode(query)}", headers=headers,
+                              stream=True)
+        try:
+            body = resp.read(_SMALL_BODY + 1)
+        finally:
+            _discard(resp)
+        if len(body) > _SMALL_BODY:
+            raise RegistryError(f"token service {urlsplit(realm).netloc} sent an oversized answer")
         if resp.status in (401, 403):
             detail = _error_detail(body)
             raise Unauthorized(
@@ -208,7 +297,8 @@ class RegistryClient:
             doc: dict[str, Any] = json.loads(body)
             token = str(doc.get("token") or doc.get("access_token"))
             ttl = float(doc.get("expires_in") or 60)
-        except (ValueError, TypeError, AttributeError):
+            ttl = min(ttl, 86400.0)
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):
             raise RegistryError(f"token service {realm} sent an invalid answer") from None
         if not token or token == "None":
             raise RegistryError(f"token service {realm} sent no token")
@@ -225,11 +315,13 @@ class RegistryClient:
         body: str | None = None,
         stream: bool = False,
         host: str | None = None,
+        cancel: Cancellation = _NEVER,
     ) -> urllib3.BaseHTTPResponse:
         """One request with retries on connection resets, timeouts, 429 and 5xx."""
         policy = self.options.retry
         netloc = urlsplit(url).netloc
         for attempt in range(policy.attempts):
+            cancel.check()
             try:
                 resp = self._pool(host).request(
                     method, url, headers=dict(headers or {}), body=body,
@@ -254,35 +346,33 @@ class RegistryClient:
                 if resp.status not in _RETRY_STATUS or attempt + 1 >= policy.attempts:
                     return resp
                 retry_after = resp.headers.get("Retry-After")
-                resp.drain_conn()
-                resp.release_conn()
-                time.sleep(policy.delay(attempt, retry_after))
+                _discard(resp)
+                cancel.sleep(policy.delay(attempt, retry_after))
                 continue
-            time.sleep(policy.delay(attempt))
+            cancel.sleep(policy.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def request(
         self, ref: Reference, path: str, *, headers: Mapping[str, str] | None = None,
-        stream: bool = False,
+        stream: bool = False, cancel: Cancellation = _NEVER,
     ) -> urllib3.BaseHTTPResponse:
         """GET ``/v2/<repo>/<path>``, answering auth challenges and following redirects
         (without our Authorization header once the redirect leaves the registry host)."""
         url = f"{self._base(ref)}/v2/{ref.repository}/{path}"
-        registry_netloc = urlsplit(url).netloc
+        registry_origin = _origin(url)
         sent_auth_retry = False
         redirects = 0
         while True:
             hdrs = dict(headers or {})
-            same_host = urlsplit(url).netloc == registry_netloc
+            same_host = _origin(url) == registry_origin  # scheme too: never downgrade
             auth = self._auth.get((ref.registry, ref.repository)) if same_host else None
             if auth:
                 hdrs["Authorization"] = auth
             resp = self._send("GET", url, headers=hdrs, stream=stream,
-                              host=ref.api_host if same_host else None)
+                              host=ref.api_host if same_host else None, cancel=cancel)
             if resp.status == 401 and same_host and not sent_auth_retry:
                 challenge = resp.headers.get("WWW-Authenticate", "")
-                resp.drain_conn()
-                resp.release_conn()
+                _discard(resp)
                 sent_auth_retry = True
                 if self._authenticate(ref, challenge, auth):
                     continue
@@ -291,11 +381,25 @@ class RegistryClient:
                 redirects += 1
                 if redirects > 5:
                     raise RegistryError(f"too many redirects fetching {path} from {ref.registry}")
-                url = urljoin(url, resp.headers["Location"])
-                resp.drain_conn()
-                resp.release_conn()
+                location = resp.headers["Location"]
+                _discard(resp)
+                url = self._redirect_target(url, location, ref)
                 continue
             return resp
+
+    def _redirect_target(self, url: str, location: str, ref: Reference) -> str:
+        try:
+            target = urljoin(url, location)
+            parts = urlsplit(target)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise RegistryError(f"{ref.registry} sent an invalid redirect {location[:200]!r}") \
+                from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RegistryError(f"{ref.registry} sent an invalid redirect {location[:200]!r}")
+        if urlsplit(url).scheme == "https" and parts.scheme == "http":
+            raise RegistryError(f"{ref.registry} redirected from https to plain http; refused")
+        return target
 
     def _unauthorized_message(self, ref: Reference, challenge: str) -> str:
         creds = self._credentials(ref)
@@ -305,8 +409,11 @@ class RegistryClient:
     def _check(self, resp: urllib3.BaseHTTPResponse, ref: Reference, what: str) -> None:
         if resp.status in (200, 206):
             return
-        body = resp.read(64 * 1024) if resp.status < 600 else b""
-        resp.release_conn()
+        try:
+            body = resp.read(_SMALL_BODY)
+        except (HTTPError, OSError):
+            body = b""
+        _discard(resp)
         detail = _error_detail(body)
         suffix = f" ({detail})" if detail else ""
         if resp.status == 401:
@@ -324,8 +431,8 @@ class RegistryClient:
                             stream=True)
         try:
             self._check(resp, ref, "manifest")
-            length = resp.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > MAX_MANIFEST:
+            length = resp.headers.get("Content-Length", "")
+            if _digits(length) and int(length) > MAX_MANIFEST:
                 raise ManifestError(f"manifest of {length} bytes exceeds {MAX_MANIFEST}")
             data = resp.read(MAX_MANIFEST + 1)
             if len(data) > MAX_MANIFEST:
@@ -347,12 +454,21 @@ class RegistryClient:
                 raise DigestMismatch(f"blob {digest}: more data than the {size} bytes announced")
         return b"".join(chunks)
 
-    def blob_chunks(self, ref: Reference, digest: str, offset: int) -> Iterator[bytes]:
+    def blob_chunks(
+        self, ref: Reference, digest: str, offset: int, cancel: Cancellation = _NEVER
+    ) -> Iterator[bytes]:
         """Stream a blob from ``offset`` (by Range); errors mid-stream propagate."""
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        resp = self.request(ref, f"blobs/{digest}", headers=headers, stream=True)
+        resp = self.request(ref, f"blobs/{digest}", headers=headers, stream=True,
+                            cancel=cancel)
+        with cancel.watching(resp):
+            yield from self._body(resp, ref, digest, offset)
+
+    def _body(
+        self, resp: urllib3.BaseHTTPResponse, ref: Reference, digest: str, offset: int
+    ) -> Iterator[bytes]:
         try:
             self._check(resp, ref, f"blob {digest}")
             skip = offset if offset and resp.status == 200 else 0  # Range ignored
@@ -368,25 +484,28 @@ class RegistryClient:
 
     def download(
         self, ref: Reference, digest: str, writer: BlobWriter,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int], None] | None = None, cancel: Cancellation = _NEVER,
     ) -> None:
         """Fill ``writer`` with the blob, resuming with Range after a broken stream."""
         policy = self.options.retry
         failures = 0
         while True:
             try:
-                for chunk in self.blob_chunks(ref, digest, writer.written):
+                for chunk in self.blob_chunks(ref, digest, writer.written, cancel):
+                    cancel.check()
                     writer.write(chunk)
                     if progress:
                         progress(len(chunk))
+                cancel.check()  # a shut-down stream may end quietly
                 return
-            except (ProtocolError, Urllib3Timeout, HTTPError, ConnectionError) as err:
+            except (ProtocolError, Urllib3Timeout, HTTPError, ConnectionError, TimeoutError) as err:
+                cancel.check()
                 failures += 1
                 if failures >= policy.attempts:
                     raise RegistryUnreachable(
                         f"download of {digest} failed after {failures} attempts: {_reason(err)}"
                     ) from None
-                time.sleep(policy.delay(failures - 1))
+                cancel.sleep(policy.delay(failures - 1))
 
 
 def _reason(err: BaseException) -> str:

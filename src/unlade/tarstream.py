@@ -62,10 +62,14 @@ def _number(raw: bytes, what: str) -> int:
         raise MalformedLayer(f"invalid {what} field {text!r} in tar header") from None
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit alone accepts "²"
+
+
 def _pax_time(value: str) -> int:
     sign = -1 if value.startswith("-") else 1
     whole, _, frac = value.lstrip("+-").partition(".")
-    if not whole.isdigit() or (frac and not frac.isdigit()):
+    if not _digits(whole) or (frac and not _digits(frac)):
         raise MalformedLayer(f"invalid PAX time {value!r}")
     return sign * (int(whole) * 1_000_000_000 + int((frac + "000000000")[:9]))
 
@@ -215,7 +219,7 @@ class TarReader:
             if size < 0:
                 raise MalformedLayer(f"negative size in tar header after {self.entry_name!r}")
             if typ == "x":
-                pax.update(_pax_records(self._special(size, "PAX header")))
+                pax = _pax_records(self._special(size, "PAX header"))  # replaces, as Go
             elif typ == "L":
                 longname = _decode(self._special(size, "GNU long name"))
             elif typ == "K":
@@ -267,7 +271,7 @@ class TarReader:
             elif key == "linkpath":
                 entry.linkname = value
             elif key in ("size", "uid", "gid"):
-                if not value.isdigit():
+                if not _digits(value):
                     raise MalformedLayer(f"invalid PAX {key} {value!r}")
                 setattr(entry, key, int(value))
             elif key == "mtime":
