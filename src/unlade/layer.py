@@ -25,7 +25,19 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import LayerError, LayerEscape, MalformedLayer, NoSpace, UnladeError
-from .tarstream import BLOCKDEV, CHAR, DIR, FIFO, GLOBAL, HARDLINK, REG, SYMLINK, Entry, TarReader
+from .tarstream import (
+    BLOCKDEV,
+    CHAR,
+    DIR,
+    FIFO,
+    GLOBAL,
+    HARDLINK,
+    REG,
+    SYMLINK,
+    Entry,
+    TarReader,
+    shown,
+)
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
@@ -381,21 +393,21 @@ def apply_layer(
     try:
         applier.run()
     except _Fail as err:
-        raise err.kind(f"{layer}: entry {reader.entry_name!r}: {err}") from None
+        raise err.kind(f"{layer}: entry {shown(reader.entry_name)}: {err}") from None
     except UnladeError as err:
         if isinstance(err, LayerError):
             raise type(err)(f"{layer}: {err}") from None
         raise
     except (ValueError, OverflowError) as err:  # NUL in a name, device number too large
-        raise MalformedLayer(f"{layer}: entry {reader.entry_name!r}: {err}") from None
+        raise MalformedLayer(f"{layer}: entry {shown(reader.entry_name)}: {err}") from None
     except RecursionError:
-        raise MalformedLayer(f"{layer}: entry {reader.entry_name!r}: tree too deep") from None
+        raise MalformedLayer(f"{layer}: entry {shown(reader.entry_name)}: tree too deep") from None
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpace(f"{layer}: no space left on device writing {reader.entry_name!r}") \
+            raise NoSpace(f"{layer}: no space left on device writing {shown(reader.entry_name)}") \
                 from None
         raise LayerError(
-            f"{layer}: entry {reader.entry_name!r}: {err.strerror or err}"
+            f"{layer}: entry {shown(reader.entry_name)}: {err.strerror or err}"
         ) from None
     finally:
         rootfs.close()

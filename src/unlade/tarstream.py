@@ -44,6 +44,12 @@ class Entry:
     xattrs: dict[str, bytes] = field(default_factory=dict)
 
 
+def shown(name: str) -> str:
+    """An entry name for an error message: quoted, and shortened if absurdly long."""
+    text = repr(name)
+    return text if len(text) <= 160 else f"{text[:100]}…{text[-50:]}"
+
+
 def _decode(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
@@ -144,7 +150,7 @@ class TarReader:
         while self._remaining:
             if not self._buf and not self._fill():
                 raise TruncatedLayer(
-                    f"entry {self.entry_name!r}: stream ends inside its data "
+                    f"entry {shown(self.entry_name)}: stream ends inside its data "
                     f"({self._remaining} bytes missing)"
                 )
             piece = self._buf[: self._remaining]
@@ -157,7 +163,7 @@ class TarReader:
         padding (umoci 0.4.7 writes such layers, and containerd accepts them)."""
         if self._remaining:
             if self._skip(self._remaining) != self._remaining:
-                raise TruncatedLayer(f"entry {self.entry_name!r}: stream ends inside its data")
+                raise TruncatedLayer(f"entry {shown(self.entry_name)}: stream ends inside its data")
             self._remaining = 0
         if self._pad:
             pad, self._pad = self._pad, 0
@@ -171,7 +177,9 @@ class TarReader:
         if not block:
             return None
         if len(block) < BLOCK:
-            raise TruncatedLayer(f"stream ends inside a tar header (after {self.entry_name!r})")
+            raise TruncatedLayer(
+                f"stream ends inside a tar header (after {shown(self.entry_name)})"
+            )
         if not block.strip(b"\0"):
             # End-of-archive: as Go's reader, a second zero block (or nothing) must follow;
             # whatever comes after it is drained by the caller.
@@ -180,7 +188,7 @@ class TarReader:
                 raise TruncatedLayer("stream ends inside the end-of-archive marker")
             if second.strip(b"\0"):
                 raise MalformedLayer(
-                    f"tar header after a single zero block (after {self.entry_name!r})"
+                    f"tar header after a single zero block (after {shown(self.entry_name)})"
                 )
             return None
         stored = _number(block[148:156], "checksum")
@@ -189,7 +197,7 @@ class TarReader:
             signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b > 127)
             if stored != signed:
                 raise MalformedLayer(
-                    f"tar header checksum mismatch after entry {self.entry_name!r}"
+                    f"tar header checksum mismatch after entry {shown(self.entry_name)}"
                 )
         return block
 
@@ -217,7 +225,7 @@ class TarReader:
             typ = chr(block[156]) if block[156] else REG
             size = _number(block[124:136], "size")
             if size < 0:
-                raise MalformedLayer(f"negative size in tar header after {self.entry_name!r}")
+                raise MalformedLayer(f"negative size in tar header after {shown(self.entry_name)}")
             if typ == "x":
                 pax = _pax_records(self._special(size, "PAX header"))  # replaces, as Go
             elif typ == "L":
@@ -253,7 +261,7 @@ class TarReader:
         self._apply_pax(entry, pax)
         self.entry_name = entry.name
         if typ not in _KNOWN:
-            raise MalformedLayer(f"entry {entry.name!r}: unsupported tar entry type {typ!r}")
+            raise MalformedLayer(f"entry {shown(entry.name)}: unsupported tar entry type {typ!r}")
         data_size = 0 if typ in _HEADER_ONLY else entry.size
         self._remaining = data_size
         self._pad = -data_size % BLOCK
@@ -279,4 +287,4 @@ class TarReader:
             elif key == "atime":
                 entry.atime_ns = _pax_time(value)
             elif key.startswith("GNU.sparse."):
-                raise MalformedLayer(f"entry {entry.name!r}: sparse files are not supported")
+                raise MalformedLayer(f"entry {shown(entry.name)}: sparse files are not supported")
