@@ -107,7 +107,27 @@ def _parser() -> argparse.ArgumentParser:
                       help="read credentials only from this auth.json / config.json "
                            "(default: $REGISTRY_AUTH_FILE, containers auth.json, docker config)")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
+
+    bench = sub.add_parser("bench", add_help=False, help="benchmark against containerd "
+                           "(build-image, run; see `unlade bench --help`)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # parsed by unlade.bench.cli
     return parser
+
+
+def _bench_argv(argv: list[str]) -> list[str] | None:
+    """The arguments after ``bench`` if that is the command (argparse's REMAINDER cannot
+    pass ``--help`` and other options through), else None."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--root":
+            i += 2
+            continue
+        if arg.startswith("--root="):
+            i += 1
+            continue
+        return argv[i + 1 :] if arg == "bench" else None
+    return None
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -141,6 +161,12 @@ def _pull(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (see module docstring)."""
+    argv = sys.argv[1:] if argv is None else argv
+    bench_args = _bench_argv(argv)
+    if bench_args is not None:
+        from .bench.cli import main as bench_main
+
+        return bench_main(bench_args)
     args = _parser().parse_args(argv)
     if args.root is None and os.environ.get("UNLADE_ROOT"):
         args.root = os.environ["UNLADE_ROOT"]
