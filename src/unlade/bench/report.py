@@ -28,6 +28,7 @@
         "valid": bool,                  # exited 0 and passed the check; only these count
         "download_only": bool,          # skopeo: no unpacked rootfs
         "error": str | null,
+        "output_tail": str,             # only when a command failed: the end of its output
         "commands": [[[argv...]]],      # steps, each a pipeline of commands
         "wall_s": float, "cpu_s": float,  # cpu_s = user_s + sys_s + daemon_cpu_s
         "user_s": float, "sys_s": float,  # the commands and their reaped descendants

@@ -79,7 +79,7 @@ from typing import Any
 from .sample import TreeSampler, cpu_times_total, vm_hwm
 
 TOOLS = ("unlade", "containerd", "umoci", "skopeo", "limit")
-DEFAULT_TOOLS = ("unlade", "containerd", "umoci", "skopeo")
+DEFAULT_TOOLS = TOOLS
 PHASES = ("pull", "unpack")
 #: Which phases each tool takes part in.
 TOOL_PHASES: dict[str, tuple[str, ...]] = {
@@ -487,13 +487,21 @@ for step in spec["steps"]:
         mfile = os.path.join(tmp, "maxrss-%d" % n)
         mfiles.append(mfile)
         full = [wrapper, "-f", "%M", "-o", mfile, "--", *argv] if wrapper else argv
-        pids.append(os.posix_spawnp(full[0], full, env, file_actions=acts))
+        try:
+            pids.append(os.posix_spawnp(full[0], full, env, file_actions=acts))
+        except OSError as e:
+            os.write(err, ("cannot run %s: %s\n" % (full[0], e)).encode())
+            pids.append(-1)
         prev = r
     for fd in fds:
         os.close(fd)
     os.close(err)
     res = []
     for pid, argv, mfile in zip(pids, step, mfiles):
+        if pid < 0:
+            res.append({"pid": pid, "argv0": os.path.basename(argv[0]), "code": 127,
+                        "maxrss": 0, "utime": 0.0, "stime": 0.0})
+            continue
         _, status, ru = os.wait4(pid, 0)
         maxrss = ru.ru_maxrss * 1024
         if wrapper:
@@ -530,6 +538,7 @@ class Measurement:
     samples: dict[str, list[Any]]
     daemon_cpu_s: float = 0.0
     error: str | None = None
+    output_tail: str | None = None
 
 
 @dataclass
@@ -546,11 +555,13 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def measure(steps: Sequence[Sequence[Sequence[str]]], *, env: Mapping[str, str], log_file: Path,
+def measure(steps: Sequence[Sequence[Sequence[str]]], *, env: Mapping[str, str],
             daemon: Daemon | None = None, timeout: float = RUN_TIMEOUT,
             drop: bool = True, wrapper: str | None = "auto") -> Measurement:
     """Run ``steps`` (pipelines, in sequence) under the launcher and measure them.
 
+    The commands' output goes to a file in a temporary directory (not on the filesystem
+    being measured); its end is kept in ``output_tail`` when a command fails.
     ``wrapper``: GNU time's path, None for none, ``"auto"`` for :data:`GNU_TIME` if present.
     """
     if wrapper == "auto":
@@ -558,9 +569,10 @@ def measure(steps: Sequence[Sequence[Sequence[str]]], *, env: Mapping[str, str],
     spec_dir = Path(tempfile.mkdtemp(prefix="unlade-bench-launch-"))
     try:
         spec_path, out_path = spec_dir / "spec.json", spec_dir / "out.json"
+        log_path = spec_dir / "output.log"
         spec_path.write_text(json.dumps({
             "steps": [[list(cmd) for cmd in step] for step in steps],
-            "env": dict(env), "log": str(log_file), "wrapper": wrapper}))
+            "env": dict(env), "log": str(log_path), "wrapper": wrapper}))
         if drop:
             drop_caches()
         d_cpu0 = (0.0, 0.0)
@@ -593,6 +605,11 @@ def measure(steps: Sequence[Sequence[Sequence[str]]], *, env: Mapping[str, str],
         if error is None and (launcher.returncode != 0 or not out_path.exists()):
             error = f"launcher failed ({launcher.returncode})"
         report = json.loads(out_path.read_text()) if out_path.exists() else {"steps": []}
+        failed = error is not None or any(
+            pr["code"] != 0 for step in report["steps"] for pr in step["procs"])
+        tail = None
+        if failed and log_path.exists():
+            tail = log_path.read_bytes()[-2000:].decode(errors="replace")
     finally:
         shutil.rmtree(spec_dir, ignore_errors=True)
 
@@ -662,7 +679,8 @@ def measure(steps: Sequence[Sequence[Sequence[str]]], *, env: Mapping[str, str],
         sys_s=system, daemon_cpu_s=daemon_cpu,
         peak_rss_bytes=peak, peak_rss_sampled_bytes=sampler.peak_rss,
         peak_cpu_percent=sampler.peak_cpu_percent, peak_procs=sampler.peak_procs,
-        peak_threads=sampler.peak_threads, processes=rows, samples=samples, error=error)
+        peak_threads=sampler.peak_threads, processes=rows, samples=samples, error=error,
+        output_tail=tail)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -912,7 +930,6 @@ class Ctx:
     ref: str
     facts: ImageFacts
     work: Path
-    log_file: Path
     unlade_store: Path  # filled by inspect_image; unlade's store for the unpack phase
     timeout: float = RUN_TIMEOUT
     base_env: dict[str, str] = field(default_factory=dict)
@@ -943,8 +960,8 @@ class Tool:
 
     def _measure(self, steps: list[list[list[str]]], env: Mapping[str, str] | None = None,
                  daemon: Daemon | None = None) -> Measurement:
-        return measure(steps, env=env or self.ctx.base_env, log_file=self.ctx.log_file,
-                       daemon=daemon, timeout=self.ctx.timeout)
+        return measure(steps, env=env or self.ctx.base_env, daemon=daemon,
+                       timeout=self.ctx.timeout)
 
     def fresh(self, what: str) -> Path:
         path = self.dir / what
@@ -1239,7 +1256,7 @@ def run_benchmark(
         log(f"bench: {len(facts.layers)} layer(s), {_mib(facts.compressed_bytes)} compressed, "
             f"{_mib(facts.uncompressed_bytes)} tar, {facts.entries} entries, "
             f"{_mib(facts.file_bytes)} in files")
-        ctx = Ctx(image_ref, facts, work, work / "commands.log", store, timeout, base_env)
+        ctx = Ctx(image_ref, facts, work, store, timeout, base_env)
         runners = {t: TOOL_CLASSES[t](ctx) for t in tools}
         heaps: dict[str, int | None] = {}
         try:
@@ -1310,6 +1327,8 @@ def _one_run(tool: Tool, phase: str, index: int, facts: ImageFacts) -> dict[str,
                            if wall and not tool.download_only else None),
         "check": check.to_json(facts), "processes": m.processes, "samples": m.samples,
     }
+    if m.output_tail is not None:
+        rec["output_tail"] = m.output_tail
     if phase == "unpack":
         rec["compressed_mib_s"] = None if tool.download_only else rec["compressed_mib_s"]
     return rec
@@ -1370,9 +1389,9 @@ def run_command(args: argparse.Namespace) -> int:
         from .image import LocalRegistry, build_image, push
 
         cache = Path(args.image_cache)
-        _stderr_log(f"bench: building the {'small' if args.small else 'full'} benchmark "
-                    f"image in {cache}")
-        image = build_image(cache, small=args.small, log=_stderr_log)
+        kind = "small" if args.small else "full"
+        _stderr_log(f"bench: building the {kind} benchmark image in {cache / kind}")
+        image = build_image(cache / kind, small=args.small, log=_stderr_log)
         with LocalRegistry(cache / "registry") as registry:
             ref = push(image, registry, "unlade-bench/image")
             run_benchmark(ref, image, runs=args.runs, tools=tools, phases=phases,
