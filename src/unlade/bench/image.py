@@ -70,7 +70,35 @@ __all__ = [
 RECIPE_VERSION = 1
 
 DEBIAN_SUITE = "bookworm"
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
+APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
+
+
+def apt_mirror() -> str:
+    """The Debian mirror this machine's apt already uses (debootstrap takes it from there,
+    so the benchmark reaches no host the machine is not set up for)."""
+    files: list[Path] = []
+    for src in APT_SOURCES:
+        if src.is_dir():
+            files += sorted(p for p in src.iterdir() if p.suffix in (".sources", ".list"))
+        elif src.is_file():
+            files.append(src)
+    for path in files:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = line.split()
+            if path.suffix == ".sources" and words[:1] == ["URIs:"]:
+                uris = words[1:]
+            elif words[:1] == ["deb"]:
+                uris = [w for w in words[1:] if "://" in w][:1]
+            else:
+                continue
+            for uri in uris:
+                if uri.startswith(("http://", "https://")) and "security" not in uri:
+                    return uri.rstrip("/")
+    raise BuildError("no Debian mirror found in the apt sources (needed by debootstrap)")
 PYTHON_VERSION = "3.11"
 SITE_PACKAGES = f"usr/local/lib/python{PYTHON_VERSION}/site-packages"
 WHEEL_DIR = Path("/opt/wheels")
@@ -196,7 +224,7 @@ def build_image(
     *,
     small: bool,
     log: Log = print,
-    mirror: str = DEBIAN_MIRROR,
+    mirror: str | None = None,
     wheel_dir: Path = WHEEL_DIR,
 ) -> BenchImage:
     """Build the benchmark image into ``workdir/layout`` (tag ``small`` or ``full``).
@@ -204,7 +232,8 @@ def build_image(
     Returns at once when ``workdir/image.json`` describes a complete build of the same
     recipe; otherwise builds, reusing the debootstrap rootfs (``workdir/cache/rootfs-*``) and
     wheels (``workdir/cache/wheels``) of earlier builds. The full image needs root (for
-    debootstrap) and a Debian mirror (``mirror``); both need PyPI unless the wheels are
+    debootstrap) and a Debian mirror (``mirror``, default: the one apt uses); both need
+    PyPI unless the wheels are
     cached. The PyTorch wheel is taken from ``wheel_dir`` (``torch-*-cp311-*.whl``); when it
     is absent the full image is built without it, and ``notes`` says so.
     """
@@ -234,7 +263,7 @@ def build_image(
             log(f"bench image {tag}: cached in {cached.layout}")
             return cached
         return _build(workdir, small, tag, arch, pip_platforms, packages, torch, notes,
-                      epoch, recipe, mirror, log)
+                      epoch, recipe, mirror or ("" if small else apt_mirror()), log)
 
 
 def _build(workdir: Path, small: bool, tag: str, arch: str, pip_platforms: Sequence[str],
