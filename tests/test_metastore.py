@@ -1,0 +1,93 @@
+"""The SQLite meta store: versioned schema, all-or-nothing writes, several processes."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from unlade.errors import StoreError
+from unlade.metastore import SCHEMA_VERSION, ImageRecord, LayerRecord, MetaStore
+
+M, C, L1, L2 = ("sha256:" + c * 64 for c in "mcde")
+
+
+def _image(store: MetaStore, ref: str | None = "r:1") -> None:
+    for digest in (M, C, L1, L2):
+        store.add_blob(digest, 10)
+    store.put_image(ImageRecord(M, C, "oci", "linux/amd64", 20, "overlayfs", 1.0),
+                    [LayerRecord(L1, "sha256:" + "1" * 64, "sha256:" + "a" * 64),
+                     LayerRecord(L2, "sha256:" + "2" * 64, "sha256:" + "b" * 64)], ref)
+
+
+def test_new_store_is_migrated_and_in_wal_mode(tmp_path: Path) -> None:
+    with MetaStore(tmp_path / "meta.db") as store:
+        assert store.version == SCHEMA_VERSION
+        mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+    with MetaStore(tmp_path / "meta.db") as again:  # reopening migrates nothing
+        assert again.version == SCHEMA_VERSION
+
+
+def test_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    MetaStore(tmp_path / "meta.db").close()
+    db = sqlite3.connect(tmp_path / "meta.db")
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="newer unlade"):
+        MetaStore(tmp_path / "meta.db")
+
+
+def test_image_layers_and_refs_round_trip(tmp_path: Path) -> None:
+    with MetaStore(tmp_path / "meta.db") as store:
+        _image(store)
+        assert store.resolve("r:1") == M
+        record = store.image(M)
+        assert record is not None and record.snapshotter == "overlayfs"
+        assert [lay.blob_digest for lay in store.layers(M)] == [L1, L2]
+        assert store.remove_ref("r:1") and not store.remove_ref("r:1")
+        assert store.resolve("r:1") is None
+
+
+def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    with MetaStore(tmp_path / "meta.db") as store:
+        with pytest.raises(RuntimeError), store.transaction() as db:
+            db.execute("INSERT INTO blobs VALUES ('sha256:x', 1, '', 0)")
+            raise RuntimeError("crash in the middle")
+        assert store.blobs() == []
+        # a ref to an image that is not recorded violates a foreign key: nothing is written
+        with pytest.raises(sqlite3.IntegrityError):
+            store.put_image(ImageRecord(M, C, "oci", "linux/amd64", 1, "native", 1.0), [], "r")
+        assert store.image(M) is None and store.refs() == []
+
+
+def test_snapshot_is_only_committed_once_prepared(tmp_path: Path) -> None:
+    with MetaStore(tmp_path / "meta.db") as store:
+        assert store.prepare_snapshot("sha256:a", None, "snapshots/1")
+        assert not store.prepare_snapshot("sha256:a", None, "snapshots/2")  # claimed
+        snap = store.snapshot("sha256:a")
+        assert snap is not None and snap.state == "preparing"
+        store.commit_snapshot("sha256:a", 4096)
+        snap = store.snapshot("sha256:a")
+        assert snap is not None and (snap.state, snap.size) == ("committed", 4096)
+        with pytest.raises(StoreError, match="not being prepared"):
+            store.commit_snapshot("sha256:a", 1)
+        assert store.prepare_snapshot("sha256:b", "sha256:a", "snapshots/2")
+        store.remove_snapshot("sha256:b")
+        assert [s.chain_id for s in store.snapshots()] == ["sha256:a"]
+
+
+def test_processes_writing_at_once_all_succeed(tmp_path: Path) -> None:
+    code = (
+        "import sys; from unlade.metastore import MetaStore\n"
+        "s = MetaStore(sys.argv[1])\n"
+        "for i in range(200): s.add_blob(f'sha256:{sys.argv[2]}-{i}', i)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "meta.db"), str(n)])
+             for n in range(4)]
+    assert [p.wait(120) for p in procs] == [0, 0, 0, 0]
+    with MetaStore(tmp_path / "meta.db") as store:
+        assert len(store.blobs()) == 800
