@@ -108,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
                            "(default: $REGISTRY_AUTH_FILE, containers auth.json, docker config)")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
 
+    images = sub.add_parser("images", help="list the images in the store")
+    images.add_argument("--json", action="store_true", help="one JSON document")
+    inspect = sub.add_parser("inspect", help="manifest, config and layers of a stored image")
+    inspect.add_argument("ref", metavar="REF", help="a ref as pulled, or a manifest digest")
+    inspect.add_argument("--json", action="store_true", help="the whole document as JSON")
+    rm = sub.add_parser("rm", help="drop a ref (content goes at the next prune)")
+    rm.add_argument("refs", metavar="REF", nargs="+")
+    sub.add_parser("prune", help="remove images without refs and blobs nothing uses")
+    sub.add_parser("check", help="re-hash every blob and check every record")
+
     bench = sub.add_parser("bench", add_help=False, help="benchmark against containerd "
                            "(build-image, run; see `unlade bench --help`)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # parsed by unlade.bench.cli
@@ -159,6 +169,74 @@ def _pull(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _client(args: argparse.Namespace) -> Any:
+    from .client import Client
+
+    return Client(args.root)
+
+
+def _images(args: argparse.Namespace) -> int:
+    import time
+
+    rows = _client(args).images()
+    if args.json:
+        from dataclasses import asdict
+
+        json.dump([asdict(r) for r in rows], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    width = max([len(r.ref) for r in rows] + [3])
+    print(f"{'REF':<{width}}  {'DIGEST':<19}  {'PLATFORM':<14}  {'SIZE':>10}  PULLED")
+    for r in rows:
+        pulled = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
+        print(f"{r.ref:<{width}}  {r.manifest_digest[:19]}  {r.platform:<14}  "
+              f"{_size(r.size):>10}  {pulled}")
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    doc = _client(args).inspect(args.ref)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    print(f"refs:     {', '.join(doc['refs'])}")
+    print(f"manifest: {doc['manifest_digest']}")
+    print(f"config:   {doc['config_digest']}")
+    print(f"platform: {doc['platform']}   size: {_size(doc['size'])}")
+    for i, layer in enumerate(doc["layers"], 1):
+        print(f"layer {i}: {layer['digest']}\n  diffID  {layer['diff_id']}\n"
+              f"  chainID {layer['chain_id']}")
+    return EXIT_OK
+
+
+def _rm(args: argparse.Namespace) -> int:
+    client = _client(args)
+    for ref in args.refs:
+        client.remove(ref)
+        print(f"removed {ref}")
+    return EXIT_OK
+
+
+def _prune(args: argparse.Namespace) -> int:
+    result = _client(args).prune()
+    print(f"pruned {result.images} images, {result.blobs} blobs, {_size(result.bytes)}")
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    result = _client(args).check()
+    for problem in result.problems:
+        print(f"problem: {problem}")
+    print(f"checked {result.blobs} blobs and {result.images} images: "
+          f"{'ok' if result.ok else f'{len(result.problems)} problems'}")
+    return EXIT_OK if result.ok else EXIT_FAIL
+
+
+_COMMANDS = {"pull": _pull, "images": _images, "inspect": _inspect, "rm": _rm,
+             "prune": _prune, "check": _check}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (see module docstring)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -173,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import UnladeError
 
     try:
-        return _pull(args)
+        return _COMMANDS[args.command](args)
     except UnladeError as err:
         print(f"unlade: error: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED if type(err).__name__ == "Interrupted" else EXIT_FAIL

@@ -11,14 +11,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import images as _images
 from .auth import Credentials, parse_creds
 from .content import ContentStore
+from .images import CheckResult, ImageSummary, PruneResult, store_lock
 from .manifest import Platform
-from .pull import LayerResult, Progress, PullResult, pull_image
+from .metastore import MetaStore
+from .pull import LayerResult, Progress, Puller, PullResult
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, RegistryOptions, RetryPolicy
 
-__all__ = ["Client", "LayerResult", "PullResult", "default_root"]
+__all__ = ["CheckResult", "Client", "ImageSummary", "LayerResult", "PruneResult",
+           "PullResult", "default_root"]
 
 
 def default_root(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
@@ -53,6 +57,7 @@ class Client:
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.store = ContentStore(self.root)
+        self._meta: MetaStore | None = None
         if isinstance(creds, str):
             creds = parse_creds(creds)
         self.registry = RegistryClient(
@@ -81,11 +86,38 @@ class Client:
         """
         reference = parse_reference(ref) if isinstance(ref, str) else ref
         plat = Platform.parse(platform) if isinstance(platform, str) else platform
-        return pull_image(
-            reference,
-            store=self.store,
-            registry=self.registry,
-            rootfs=Path(rootfs).absolute() if rootfs is not None else None,
-            platform=plat,
-            progress=progress,
-        )
+        with store_lock(self.root, exclusive=False):
+            puller = Puller(self.store, self.registry, progress)
+            result = puller.pull(reference,
+                                 rootfs=Path(rootfs).absolute() if rootfs is not None else None,
+                                 platform=plat)
+            _images.record_pull(self.meta, self.store, str(reference), result.manifest_digest,
+                                puller.extra_blobs)
+        return result
+
+    @property
+    def meta(self) -> MetaStore:
+        """The store's records (``ROOT/meta.db``), opened on first use."""
+        if self._meta is None:
+            self._meta = MetaStore(self.root / "meta.db")
+        return self._meta
+
+    def images(self) -> list[ImageSummary]:
+        """Every ref in the store with its image's digest, size and platform."""
+        return _images.list_images(self.meta)
+
+    def inspect(self, ref: str) -> dict[str, object]:
+        """Manifest, config, and layers with diffIDs and chainIDs of a stored image."""
+        return _images.inspect_image(self.meta, self.store, ref)
+
+    def remove(self, ref: str) -> str:
+        """Drop ``ref``; its content is removed by :meth:`prune` once nothing uses it."""
+        return _images.remove_image(self.meta, ref)
+
+    def prune(self) -> PruneResult:
+        """Remove images without refs and blobs no image uses (waits for running pulls)."""
+        return _images.prune(self.root, self.meta, self.store)
+
+    def check(self) -> CheckResult:
+        """Re-hash every blob and check every record against the content."""
+        return _images.check(self.meta, self.store)

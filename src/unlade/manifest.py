@@ -7,8 +7,10 @@ unknown media types are refused with the media type named, never guessed at.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform as _platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,4 +221,14 @@ def layers_of(manifest: Manifest, config: dict[str, Any]) -> list[Layer]:
         if not isinstance(diff_id, str):
             raise ManifestError(f"diff_id {i + 1} is not a string")
         out.append(Layer(desc, compression, validate_digest(diff_id)))
+    return out
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """The OCI chain IDs of a layer stack: what identifies an unpacked layer together with
+    everything below it (and what containerd keys its committed snapshots by)."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        out.append(diff_id if not out else
+                   "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
     return out

@@ -164,6 +164,7 @@ class Puller:
         self.progress = progress or _NoProgress()
         self.cancel = Cancellation()
         self.bytes_fetched = 0
+        self.extra_blobs: list[str] = []  # stored but not part of the image (an index)
         self._lock = threading.Lock()
 
     def _fetch_small(self, ref: Reference, digest: str, size: int) -> bytes:
@@ -182,6 +183,7 @@ class Puller:
         parsed = parse(data, content_type)
         self.store.put(digest, data)
         if isinstance(parsed, Index):
+            self.extra_blobs.append(digest)
             desc = parsed.select(platform)
             data, content_type = self.registry.get_manifest(ref, desc.digest)
             _verify(data, desc.digest, "manifest", desc.size)
@@ -332,17 +334,4 @@ class Puller:
             return stats.entries, stats.file_bytes
         finally:
             raw.close()
-
-
-def pull_image(
-    ref: Reference,
-    *,
-    store: ContentStore,
-    registry: RegistryClient,
-    rootfs: Path | None = None,
-    platform: Platform | None = None,
-    progress: Progress | None = None,
-) -> PullResult:
-    """Pull ``ref`` into ``store`` and, if ``rootfs`` is given, unpack it there."""
-    return Puller(store, registry, progress).pull(ref, rootfs=rootfs, platform=platform)
 

@@ -76,6 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..manifest import chain_ids
 from .sample import TreeSampler, cpu_times_total, vm_hwm
 
 TOOLS = ("unlade", "containerd", "umoci", "skopeo", "limit")
@@ -179,15 +180,6 @@ def walk_tree(root: str | os.PathLike[str]) -> tuple[int, int]:
                 elif e.is_file(follow_symlinks=False):
                     nbytes += e.stat(follow_symlinks=False).st_size
     return entries, nbytes
-
-
-def chain_ids(diff_ids: Sequence[str]) -> list[str]:
-    """The OCI chain IDs (containerd's committed snapshot keys) of a layer stack."""
-    out: list[str] = []
-    for d in diff_ids:
-        out.append(d if not out else
-                   "sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
