@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -107,7 +108,19 @@ def _parser() -> argparse.ArgumentParser:
                       help="read credentials only from this auth.json / config.json "
                            "(default: $REGISTRY_AUTH_FILE, containers auth.json, docker config)")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
+    pull.add_argument("--snapshotter", choices=("overlayfs", "native"), default="overlayfs",
+                      help="without --rootfs: unpack into snapshots of this kind "
+                           "(default: %(default)s)")
 
+    for name, text in (("mount", "mount a stored image read-write at DIR (overlay)"),
+                       ("bundle", "make an OCI runtime bundle: DIR/rootfs + DIR/config.json")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("ref", metavar="REF")
+        p.add_argument("dir", metavar="DIR")
+        p.add_argument("--snapshotter", choices=("overlayfs", "native"), default="overlayfs")
+    unmount = sub.add_parser("unmount", help="unmount what `mount` or `bundle` mounted")
+    unmount.add_argument("dir", metavar="DIR")
+    unmount.add_argument("--snapshotter", choices=("overlayfs", "native"), default="overlayfs")
     images = sub.add_parser("images", help="list the images in the store")
     images.add_argument("--json", action="store_true", help="one JSON document")
     inspect = sub.add_parser("inspect", help="manifest, config and layers of a stored image")
@@ -154,6 +167,10 @@ def _pull(args: argparse.Namespace) -> int:
                                  progress=bars)
     else:
         result = client.pull(args.ref, rootfs=args.rootfs, platform=args.platform)
+    if not args.rootfs:
+        unpacked = client.unpack(result.reference, snapshotter=args.snapshotter)
+        for layer, did in zip(result.layers, unpacked, strict=True):
+            layer.unpacked = did
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -233,7 +250,28 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAIL
 
 
-_COMMANDS = {"pull": _pull, "images": _images, "inspect": _inspect, "rm": _rm,
+def _mount(args: argparse.Namespace) -> int:
+    _client(args).mount(args.ref, args.dir, snapshotter=args.snapshotter)
+    print(f"mounted {args.ref} at {args.dir}")
+    return EXIT_OK
+
+
+def _unmount(args: argparse.Namespace) -> int:
+    target = Path(args.dir)
+    _client(args).unmount(target / "rootfs" if (target / "config.json").exists() else target,
+                          snapshotter=args.snapshotter)
+    print(f"unmounted {args.dir}")
+    return EXIT_OK
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    path = _client(args).bundle(args.ref, args.dir, snapshotter=args.snapshotter)
+    print(f"bundle ready: {args.dir} ({path.name}, rootfs mounted)")
+    return EXIT_OK
+
+
+_COMMANDS = {"pull": _pull, "mount": _mount, "unmount": _unmount, "bundle": _bundle,
+             "images": _images, "inspect": _inspect, "rm": _rm,
              "prune": _prune, "check": _check}
 
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import images as _images
 from .auth import Credentials, parse_creds
 from .content import ContentStore
+from .errors import StoreError
 from .images import CheckResult, ImageSummary, PruneResult, store_lock
 from .manifest import Platform
 from .metastore import MetaStore
-from .pull import LayerResult, Progress, Puller, PullResult
+from .pull import LayerResult, Progress, Puller, PullResult, VerifyingStream
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, RegistryOptions, RetryPolicy
+
+if TYPE_CHECKING:
+    from .snapshot import Snapshotter
 
 __all__ = ["CheckResult", "Client", "ImageSummary", "LayerResult", "PruneResult",
            "PullResult", "default_root"]
@@ -58,6 +63,7 @@ class Client:
         self.root = Path(root) if root is not None else default_root()
         self.store = ContentStore(self.root)
         self._meta: MetaStore | None = None
+        self._snapshotters: dict[str, Snapshotter] = {}
         if isinstance(creds, str):
             creds = parse_creds(creds)
         self.registry = RegistryClient(
@@ -101,6 +107,69 @@ class Client:
         if self._meta is None:
             self._meta = MetaStore(self.root / "meta.db")
         return self._meta
+
+    def snapshotter(self, kind: str = "overlayfs") -> Snapshotter:
+        """The store's snapshotter of ``kind`` ("overlayfs" or "native"); each kind keeps
+        its snapshots and their records under ``ROOT/snapshots-KIND``."""
+        from .snapshot import NativeSnapshotter, OverlaySnapshotter
+
+        classes = {"overlayfs": OverlaySnapshotter, "native": NativeSnapshotter}
+        if kind not in classes:
+            raise StoreError(f"unknown snapshotter {kind!r}; choose overlayfs or native")
+        if kind not in self._snapshotters:
+            base = self.root / f"snapshots-{kind}"
+            if kind == "overlayfs" and not classes[kind].supported(base):
+                raise StoreError(f"overlayfs cannot be mounted under {base}; "
+                                 "use --snapshotter native")
+            self._snapshotters[kind] = classes[kind](base, MetaStore(base / "meta.db"))
+        return self._snapshotters[kind]
+
+    def unpack(self, ref: str, *, snapshotter: str = "overlayfs") -> list[bool]:
+        """Unpack a stored image into snapshots, one per layer (layers already unpacked by
+        any image are reused); returns, per layer, whether it had to be unpacked."""
+        doc = self.inspect(ref)
+        snap = self.snapshotter(snapshotter)
+        unpacked = []
+        parent = None
+        for i, layer in enumerate(doc["layers"]):  # type: ignore[union-attr]
+            opened = []
+            manifest_layer = doc["manifest"]["layers"][i]  # type: ignore[index]
+
+            def opener(layer: dict[str, str] = layer, media: str = manifest_layer["mediaType"],
+                       opened: list[bool] = opened) -> VerifyingStream:
+                opened.append(True)
+                return VerifyingStream(self.store, layer["digest"], media, layer["diff_id"])
+
+            snap.unpack(layer["chain_id"], parent, opener, layer=f"layer {i + 1}")
+            unpacked.append(bool(opened))
+            parent = layer["chain_id"]
+        return unpacked
+
+    def mount(self, ref: str, target: str | os.PathLike[str], *, writable: bool = True,
+              snapshotter: str = "overlayfs") -> None:
+        """Mount the image at ``target`` (read-write by default: changes go to a private
+        upper directory), unpacking what is missing first."""
+        self.unpack(ref, snapshotter=snapshotter)
+        chain = [lay["chain_id"] for lay in self.inspect(ref)["layers"]]  # type: ignore[union-attr]
+        self.snapshotter(snapshotter).mounts(chain[::-1], target, writable=writable)
+
+    def unmount(self, target: str | os.PathLike[str], *, snapshotter: str = "overlayfs") -> None:
+        self.snapshotter(snapshotter).unmount(target)
+
+    def bundle(self, ref: str, bundle_dir: str | os.PathLike[str], *,
+               snapshotter: str = "overlayfs") -> Path:
+        """An OCI runtime bundle: ``DIR/rootfs`` (the image mounted read-write) and
+        ``DIR/config.json`` generated from the image config."""
+        from .bundle import write_bundle
+
+        bundle = Path(bundle_dir)
+        (bundle / "rootfs").mkdir(parents=True, exist_ok=True)
+        self.mount(ref, bundle / "rootfs", writable=True, snapshotter=snapshotter)
+        try:
+            return write_bundle(bundle, self.inspect(ref)["config"])  # type: ignore[arg-type]
+        except BaseException:
+            self.unmount(bundle / "rootfs", snapshotter=snapshotter)
+            raise
 
     def images(self) -> list[ImageSummary]:
         """Every ref in the store with its image's digest, size and platform."""

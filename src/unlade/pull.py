@@ -79,6 +79,7 @@ class LayerResult:
     fetched: bool
     entries: int = 0
     file_bytes: int = 0
+    unpacked: bool | None = None  # into a snapshot by this pull (None: not into snapshots)
 
 
 @dataclass
@@ -335,3 +336,33 @@ class Puller:
         finally:
             raw.close()
 
+
+
+class VerifyingStream:
+    """A stored layer blob as its uncompressed tar, for a snapshotter: the diffID is
+    checked when the stream is closed, and a mismatch raises so nothing is committed."""
+
+    def __init__(self, store: ContentStore, digest: str, media_type: str, diff_id: str):
+        from .manifest import LAYER_TYPES
+
+        compression = LAYER_TYPES.get(media_type)
+        if compression is None:
+            raise ManifestError(f"unsupported layer media type {media_type!r}")
+        self._raw = store.open(digest)
+        self._diff_id = diff_id
+        self._algo = diff_id.partition(":")[0]
+        self._stream = _Hashing(open_decompressed(self._raw, compression), compression,
+                                self._algo)
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self._stream.read(size)
+
+    def close(self) -> None:
+        try:
+            self._stream.drain()
+            actual = f"{self._algo}:{self._stream.hash.hexdigest()}"
+            if actual != self._diff_id:
+                raise DigestMismatch(
+                    f"diffID mismatch: config says {self._diff_id}, content is {actual}")
+        finally:
+            self._raw.close()
