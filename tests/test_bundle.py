@@ -523,3 +523,22 @@ def test_runc_named_user_gets_its_groups_and_home(busybox_image: PushedImage,
     uid, gid, groups, home, path, cwd = proc.stdout.rstrip("\n").split("|")
     assert (uid, gid, home, path, cwd) == ("1000", "1000", "/home/alice", DEFAULT_PATH, "/work")
     assert set(groups.split()) == {"1000", "10", "50"}
+
+
+@pytest.mark.root
+@pytest.mark.tools
+def test_unlade_bundle_on_an_overlay_runs_under_runc(busybox_image: PushedImage,
+                                                      tmp_path: Path) -> None:
+    """`unlade bundle`: the image pulled into snapshots, mounted as an overlay at
+    BUNDLE/rootfs, config.json generated; runc runs it; unmount cleans up."""
+    client = Client(tmp_path / "store", plain_http=True)
+    client.pull(busybox_image.ref)
+    bundle = tmp_path / "bundle"
+    client.bundle(busybox_image.ref, bundle)
+    try:
+        proc = _runc_run(bundle, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "hello-from-1000:1000 in /work\n"
+    finally:
+        client.unmount(bundle / "rootfs")
+    assert list((bundle / "rootfs").iterdir()) == []
