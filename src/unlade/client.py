@@ -127,6 +127,10 @@ class Client:
     def unpack(self, ref: str, *, snapshotter: str = "overlayfs") -> list[bool]:
         """Unpack a stored image into snapshots, one per layer (layers already unpacked by
         any image are reused); returns, per layer, whether it had to be unpacked."""
+        return self._unpack(ref, snapshotter)[1]
+
+    def _unpack(self, ref: str, snapshotter: str) -> tuple[list[str], list[bool]]:
+        """The image's chain IDs (bottom first) and, per layer, whether it was unpacked."""
         doc = self.inspect(ref)
         snap = self.snapshotter(snapshotter)
         unpacked = []
@@ -143,14 +147,13 @@ class Client:
             snap.unpack(layer["chain_id"], parent, opener, layer=f"layer {i + 1}")
             unpacked.append(bool(opened))
             parent = layer["chain_id"]
-        return unpacked
+        return [lay["chain_id"] for lay in doc["layers"]], unpacked  # type: ignore[union-attr]
 
     def mount(self, ref: str, target: str | os.PathLike[str], *, writable: bool = True,
               snapshotter: str = "overlayfs") -> None:
         """Mount the image at ``target`` (read-write by default: changes go to a private
         upper directory), unpacking what is missing first."""
-        self.unpack(ref, snapshotter=snapshotter)
-        chain = [lay["chain_id"] for lay in self.inspect(ref)["layers"]]  # type: ignore[union-attr]
+        chain = self._unpack(ref, snapshotter)[0]
         self.snapshotter(snapshotter).mounts(chain[::-1], target, writable=writable)
 
     def unmount(self, target: str | os.PathLike[str], *, snapshotter: str = "overlayfs") -> None:
