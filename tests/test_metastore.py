@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from unlade.errors import StoreError
-from unlade.metastore import SCHEMA_VERSION, ImageRecord, LayerRecord, MetaStore
+from unlade.metastore import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    ImageRecord,
+    LayerRecord,
+    MetaStore,
+    MountRecord,
+)
 
 M, C, L1, L2 = ("sha256:" + c * 64 for c in "mcde")
 
@@ -66,18 +73,53 @@ def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
 
 def test_snapshot_is_only_committed_once_prepared(tmp_path: Path) -> None:
     with MetaStore(tmp_path / "meta.db") as store:
-        assert store.prepare_snapshot("sha256:a", None, "snapshots/1")
-        assert not store.prepare_snapshot("sha256:a", None, "snapshots/2")  # claimed
-        snap = store.snapshot("sha256:a")
+        assert store.prepare_snapshot("overlayfs", "sha256:a", None, "snapshots/1")
+        assert not store.prepare_snapshot("overlayfs", "sha256:a", None, "snapshots/2")
+        snap = store.snapshot("overlayfs", "sha256:a")
         assert snap is not None and snap.state == "preparing"
-        store.commit_snapshot("sha256:a", 4096)
-        snap = store.snapshot("sha256:a")
+        assert store.snapshot("native", "sha256:a") is None  # kinds are apart
+        store.commit_snapshot("overlayfs", "sha256:a", 4096)
+        snap = store.snapshot("overlayfs", "sha256:a")
         assert snap is not None and (snap.state, snap.size) == ("committed", 4096)
         with pytest.raises(StoreError, match="not being prepared"):
-            store.commit_snapshot("sha256:a", 1)
-        assert store.prepare_snapshot("sha256:b", "sha256:a", "snapshots/2")
-        store.remove_snapshot("sha256:b")
+            store.commit_snapshot("overlayfs", "sha256:a", 1)
+        # a parent must exist (in the same snapshotter)
+        with pytest.raises(StoreError, match="parent sha256:a is not recorded for native"):
+            store.prepare_snapshot("native", "sha256:b", "sha256:a", "snapshots/3")
+        assert store.prepare_snapshot("overlayfs", "sha256:b", "sha256:a", "snapshots/2")
+        store.remove_snapshot("overlayfs", "sha256:b")
         assert [s.chain_id for s in store.snapshots()] == ["sha256:a"]
+
+
+def test_mount_records_pin_their_snapshot(tmp_path: Path) -> None:
+    with MetaStore(tmp_path / "meta.db") as store:
+        assert store.prepare_snapshot("overlayfs", "sha256:a", None, "snapshots/1")
+        store.commit_snapshot("overlayfs", "sha256:a", 1)
+        store.add_mount(MountRecord("/mnt/x", "overlayfs", "sha256:a", M, "active/1", 1.0))
+        assert store.mounts() == [MountRecord("/mnt/x", "overlayfs", "sha256:a", M,
+                                              "active/1", 1.0)]
+        with pytest.raises(sqlite3.IntegrityError):  # a mounted snapshot cannot be dropped
+            store.remove_snapshot("overlayfs", "sha256:a")
+        store.remove_mount("/mnt/x")
+        store.remove_snapshot("overlayfs", "sha256:a")
+        assert store.mounts() == [] and store.snapshots() == []
+
+
+def test_version_1_store_is_migrated(tmp_path: Path) -> None:
+    """A store written by the first schema keeps its records through the migration."""
+    db = sqlite3.connect(tmp_path / "meta.db", isolation_level=None)
+    for statement in MIGRATIONS[1]:
+        db.execute(statement)
+    db.execute("INSERT INTO blobs VALUES ('sha256:x', 3, '', 0)")
+    db.execute("INSERT INTO snapshots VALUES ('sha256:a', NULL, 'd/1', 5, 'committed', 0)")
+    db.execute("PRAGMA user_version=1")
+    db.close()
+    with MetaStore(tmp_path / "meta.db") as store:
+        assert store.version == SCHEMA_VERSION == 2
+        assert store.blobs() == [("sha256:x", 3)]
+        assert [(s.snapshotter, s.chain_id, s.dir) for s in store.snapshots()] == [
+            ("", "sha256:a", "d/1")]
+        assert store.prepare_snapshot("overlayfs", "sha256:a", None, "d/2")
 
 
 def test_processes_writing_at_once_all_succeed(tmp_path: Path) -> None:

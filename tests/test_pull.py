@@ -35,6 +35,21 @@ def _assert_like_umoci(layout: Path, tag: str, rootfs: Path, tmp_path: Path) -> 
     assert_same_tree(umoci_unpack(layout, tag, bundle), rootfs)
 
 
+def _assert_overlay_like(run_unlade: RunUnlade, ref: str, reference: Path, tmp_path: Path,
+                         *args: str) -> None:
+    """The image pulled into overlay snapshots (its layers unpacked in parallel, each in
+    its own directory) and mounted shows exactly the reference tree."""
+    doc = _pull_json(run_unlade, ref, None, "--snapshotter", "overlayfs", *args)
+    assert all(layer["unpacked"] is not None for layer in doc["layers"])  # type: ignore
+    mnt = tmp_path / f"mnt-{str(doc['manifest_digest'])[7:19]}"
+    mnt.mkdir()
+    run_unlade("mount", doc["manifest_digest"], mnt, check=True)  # type: ignore[arg-type]
+    try:
+        assert_same_tree(reference, mnt)
+    finally:
+        run_unlade("unmount", mnt, check=True)
+
+
 def _push_variant(tmp_path: Path, registry: Registry, variant: str) -> tuple[Path, str, str]:
     """The tricky image as ``variant``; returns (layout, tag, ref)."""
     layout = tmp_path / f"layout-{variant}"
@@ -83,6 +98,7 @@ def test_rootfs_equals_umoci(
     images.build_layout(gzip_layout, "ref", images.tricky_layers(), "gzip")
     reference = umoci_unpack(gzip_layout, "ref", tmp_path / "umoci")
     assert_same_tree(reference, tmp_path / "rootfs")
+    _assert_overlay_like(run_unlade, ref, reference, tmp_path)
 
 
 def test_umoci_insert_layers_without_end_blocks(
@@ -98,7 +114,9 @@ def test_umoci_insert_layers_without_end_blocks(
     subprocess.run(["umoci", "insert", "--image", f"{layout}:t", str(src), "/"], check=True)
     images.push(layout, "t", registry, "umoci/insert")
     _pull_json(run_unlade, f"{registry.host}/umoci/insert:t", tmp_path / "rootfs")
-    assert_same_tree(umoci_unpack(layout, "t", tmp_path / "umoci"), tmp_path / "rootfs")
+    reference = umoci_unpack(layout, "t", tmp_path / "umoci")
+    assert_same_tree(reference, tmp_path / "rootfs")
+    _assert_overlay_like(run_unlade, f"{registry.host}/umoci/insert:t", reference, tmp_path)
     assert (tmp_path / "rootfs" / "bin" / "tool").read_bytes() == b"x" * 1001
 
 
@@ -165,6 +183,9 @@ def test_platform_selection_from_index(
     assert arm["platform"] == "linux/arm64/v8"
     _assert_like_umoci(layout, "amd64", tmp_path / "host", tmp_path)
     _assert_like_umoci(layout, "arm64", tmp_path / "arm", tmp_path)
+    _assert_overlay_like(run_unlade, ref, tmp_path / "host", tmp_path)
+    _assert_overlay_like(run_unlade, ref, tmp_path / "arm", tmp_path, "--platform",
+                         "linux/arm64")
     proc = run_unlade("pull", "--plain-http", ref, "--rootfs", tmp_path / "s390",
                       "--platform", "linux/s390x")
     assert proc.returncode == 1

@@ -27,6 +27,7 @@ from unlade.errors import LayerError, StoreError, TruncatedLayer
 from unlade.layer import LayerStats, apply_layer
 from unlade.metastore import MetaStore
 from unlade.snapshot import (
+    ChainLayer,
     NativeSnapshotter,
     OverlaySnapshotter,
     Snapshotter,
@@ -226,6 +227,74 @@ def test_mount_refuses_a_broken_chain(sn: Snapshotter, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- unpacking
 
 
+def _realistic_layers() -> list[list[Entry]]:
+    """What images mostly are: a base, then layers adding files under its directories
+    (with and without entries for those directories), replacing and deleting its files."""
+    base = [images.directory("usr", mode=0o755), images.directory("usr/lib", mode=0o750,
+                                                                    uid=7, gid=7),
+            images.directory("etc", mode=0o755), images.file("etc/passwd", "root:x:0:0\n"),
+            images.file("etc/gone", "bye"), images.file("usr/lib/libc", os.urandom(3000))]
+    pkg = [images.file("usr/lib/pkg/mod.py", "print(1)\n"), images.file("usr/bin/tool", "t")]
+    conf = [images.directory("etc", mode=0o755), images.file("etc/passwd", "root:x:0:0\nu\n"),
+            images.whiteout("etc/gone"), images.directory("srv/app", mode=0o700)]
+    return [base, pkg, conf, [images.file("usr/lib/pkg/extra", "e")]]
+
+
+@pytest.mark.parametrize("source", ["tricky", "realistic"])
+def test_chain_unpacked_in_parallel_equals_flat_apply(
+    sn: Snapshotter, tmp_path: Path, source: str
+) -> None:
+    """All layers at once on two workers: the overlay layers above the bottom one go in
+    speculatively; the realistic ones all settle without being applied again, and the
+    mounted chain is the flat tree either way."""
+    stack = images.tricky_layers() if source == "tricky" else _realistic_layers()
+    layers = Layers(stack)
+    flat = layers.flat(tmp_path / "flat")
+    opened = [0] * len(layers.tars)
+
+    def opener(i: int) -> io.BytesIO:
+        opened[i] += 1
+        return io.BytesIO(layers.tars[i])
+
+    items = [ChainLayer(c, lambda i=i: opener(i), f"layer {i + 1}")
+             for i, c in enumerate(layers.chain)]
+    assert sn.unpack_chain(items, workers=2) == [True] * len(items)
+    assert all(item.stats is not None and item.stats.entries == len(entries)
+               for item, entries in zip(items, layers.entries, strict=True))
+    if isinstance(sn, OverlaySnapshotter):
+        assert [item.speculative for item in items] == [False] + [True] * (len(items) - 1)
+        if source == "realistic":
+            assert not any(item.redone for item in items)
+            assert opened == [1] * len(items)
+    mnt = _mnt(tmp_path)
+    sn.mounts(layers.chain[::-1], mnt, writable=False)
+    try:
+        assert_same_tree(flat, mnt)
+    finally:
+        sn.unmount(mnt)
+    # a second image on the same base: only its own layer is unpacked, exactly
+    more = Layers([*stack, [images.file("more", "m")]])
+    again = [ChainLayer(c, lambda i=i: io.BytesIO(more.tars[i])) for i, c in enumerate(more.chain)]
+    assert sn.unpack_chain(again, workers=2) == [False] * len(items) + [True]
+    assert not again[-1].speculative
+
+
+def test_failed_layer_in_a_parallel_chain_leaves_only_committed_snapshots(
+    sn: Snapshotter, meta: MetaStore
+) -> None:
+    layers = Layers(_realistic_layers())
+    tars = list(layers.tars)
+    tars[2] = tars[2][: tars[2].index(b"root:x:0:0\nu") + 3]  # the third layer is cut short
+    items = [ChainLayer(c, lambda t=t: io.BytesIO(t), f"layer {i + 1}")
+             for i, (c, t) in enumerate(zip(layers.chain, tars, strict=True))]
+    with pytest.raises(TruncatedLayer, match="layer 3"):
+        sn.unpack_chain(items, workers=2)
+    records = meta.snapshots(sn.name)
+    assert all(r.state == "committed" for r in records)
+    assert [r.chain_id for r in records] == layers.chain[:2]
+    assert sorted(os.listdir(sn.snapshots_dir)) == sorted(r.dir.split("/")[-1] for r in records)
+
+
 def test_snapshot_records(sn: Snapshotter, meta: MetaStore) -> None:
     layers = Layers(images.tricky_layers())
     stats = LayerStats()
@@ -233,11 +302,12 @@ def test_snapshot_records(sn: Snapshotter, meta: MetaStore) -> None:
     sn.unpack(layers.chain[2], layers.chain[1], lambda: io.BytesIO(layers.tars[2]),
               stats=stats)
     assert stats.entries == len(layers.entries[2]) and stats.files == 2
-    records = [meta.snapshot(c) for c in layers.chain]
+    records = [meta.snapshot(sn.name, c) for c in layers.chain]
     assert [r.parent for r in records] == [None, *layers.chain[:2]]  # type: ignore[union-attr]
     for r in records:
         assert r is not None and r.state == "committed" and r.size > 0
-        assert Path(r.dir).parent == sn.snapshots_dir and (Path(r.dir) / "fs").is_dir()
+        assert sn.path(r).parent == sn.snapshots_dir and (sn.path(r) / "fs").is_dir()
+        assert not Path(r.dir).is_absolute()  # relative to the store: it can move
     assert _dirs(sn) == ["1", "2", "3"]
 
 
@@ -262,7 +332,7 @@ def test_second_snapshotter_on_the_store_sees_the_snapshot(
     with MetaStore(meta.path) as other:
         sn2 = kind(tmp_path / "store" / kind.name, other)
         assert sn2.unpack(layers.chain[0], None, lambda: 1 / 0) == meta.snapshot(  # type: ignore
-            layers.chain[0])
+            kind.name, layers.chain[0])
 
 
 class _Broken(io.BytesIO):
@@ -291,7 +361,7 @@ def test_failed_unpack_leaves_no_dir_and_no_record(
              "bad-parent": StoreError}[how]
     with pytest.raises(error):
         sn.unpack(layers.chain[1], parent, opener)
-    assert meta.snapshot(layers.chain[1]) is None
+    assert meta.snapshot(sn.name, layers.chain[1]) is None
     assert _dirs(sn) == dirs
     # and the chain can still be unpacked afterwards
     sn.unpack(layers.chain[1], layers.chain[0], lambda: io.BytesIO(tar))
@@ -305,10 +375,26 @@ def test_unpack_after_a_crash_discards_the_stale_record(sn: Snapshotter, meta: M
     stale = sn.snapshots_dir / "7"
     (stale / "fs").mkdir(parents=True)
     (stale / "fs" / "half").write_text("half\n")
-    assert meta.prepare_snapshot(layers.chain[0], None, str(stale))
+    assert meta.prepare_snapshot(sn.name, layers.chain[0], None, str(stale))
     record = sn.unpack(layers.chain[0], None, lambda: io.BytesIO(layers.tars[0]))
     assert record.state == "committed" and record.dir != str(stale)
     assert not stale.exists()
+
+
+def test_stale_parent_takes_its_stale_children_along(sn: Snapshotter, meta: MetaStore) -> None:
+    """A pull killed mid-chain leaves a parent and its child both ``preparing``: the next
+    unpack of the parent discards both (the child's record would otherwise dangle)."""
+    layers = Layers(_realistic_layers()[:2])
+    dirs = [sn.snapshots_dir / n for n in ("7", "8")]
+    for d in dirs:
+        (d / "fs").mkdir(parents=True)
+    assert meta.prepare_snapshot(sn.name, layers.chain[0], None, str(dirs[0]))
+    assert meta.prepare_snapshot(sn.name, layers.chain[1], layers.chain[0], str(dirs[1]))
+    items = [ChainLayer(c, lambda t=t: io.BytesIO(t)) for c, t in
+             zip(layers.chain, layers.tars, strict=True)]
+    assert sn.unpack_chain(items) == [True, True]
+    assert not any(d.exists() for d in dirs)
+    assert [r.state for r in meta.snapshots(sn.name)] == ["committed", "committed"]
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["one-snapshotter", "two-stores"])
@@ -353,6 +439,7 @@ def test_concurrent_unpacks_of_one_chain(
     assert len(opened) == 1
     assert [s.chain_id for s in meta.snapshots()] == [layers.chain[0]]
     assert os.listdir(root / "snapshots") == [Path(meta.snapshots()[0].dir).name]
+    assert len(results) == 2
 
 
 def test_remove(sn: Snapshotter, meta: MetaStore) -> None:
@@ -362,19 +449,25 @@ def test_remove(sn: Snapshotter, meta: MetaStore) -> None:
         sn.remove(layers.chain[0])
     top = sn.get(layers.chain[-1])
     sn.remove(layers.chain[-1])
-    assert meta.snapshot(layers.chain[-1]) is None
-    assert top is not None and not Path(top.dir).exists()
+    assert meta.snapshot(sn.name, layers.chain[-1]) is None
+    assert top is not None and not sn.path(top).exists()
     sn.remove(layers.chain[-1])  # gone already: nothing to do
     sn.unpack(layers.chain[-1], layers.chain[-2], lambda: io.BytesIO(layers.tars[-1]))
     assert sn.get(layers.chain[-1]) is not None
 
 
-def test_snapshot_of_another_snapshotter_is_refused(tmp_path: Path, meta: MetaStore) -> None:
+def test_kinds_keep_their_own_snapshots_of_a_chain(tmp_path: Path, meta: MetaStore) -> None:
     layers = Layers(images.tricky_layers()[:1])
-    layers.unpack(OverlaySnapshotter(tmp_path / "store" / "overlayfs", meta))
+    overlay = OverlaySnapshotter(tmp_path / "store" / "overlayfs", meta)
+    layers.unpack(overlay)
     native = NativeSnapshotter(tmp_path / "store" / "native", meta)
-    with pytest.raises(StoreError, match="not in this native snapshotter"):
-        native.unpack(layers.chain[0], None, lambda: io.BytesIO(layers.tars[0]))
+    record = native.unpack(layers.chain[0], None, lambda: io.BytesIO(layers.tars[0]))
+    assert record.snapshotter == "native" and native.path(record).parent == native.snapshots_dir
+    assert {s.snapshotter for s in meta.snapshots()} == {"overlayfs", "native"}
+    # a snapshotter of the same kind elsewhere must not take the other's directories
+    elsewhere = OverlaySnapshotter(tmp_path / "elsewhere", meta)
+    with pytest.raises(StoreError, match="not in this overlayfs snapshotter"):
+        elsewhere.unpack(layers.chain[0], None, lambda: io.BytesIO(layers.tars[0]))
 
 
 # ----------------------------------------------------------------------------- support

@@ -108,19 +108,23 @@ def _parser() -> argparse.ArgumentParser:
                       help="read credentials only from this auth.json / config.json "
                            "(default: $REGISTRY_AUTH_FILE, containers auth.json, docker config)")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
-    pull.add_argument("--snapshotter", choices=("overlayfs", "native"), default="overlayfs",
-                      help="without --rootfs: unpack into snapshots of this kind "
-                           "(default: %(default)s)")
+    kinds = ("overlayfs", "native", "auto")
+    pull.add_argument("--snapshotter", choices=kinds, default="auto",
+                      help="without --rootfs: unpack into snapshots of this kind (default: "
+                           "overlayfs where the kernel allows it, else native)")
+    pull.add_argument("--no-unpack", action="store_true",
+                      help="only download and verify the blobs")
 
     for name, text in (("mount", "mount a stored image read-write at DIR (overlay)"),
                        ("bundle", "make an OCI runtime bundle: DIR/rootfs + DIR/config.json")):
         p = sub.add_parser(name, help=text)
         p.add_argument("ref", metavar="REF")
         p.add_argument("dir", metavar="DIR")
-        p.add_argument("--snapshotter", choices=("overlayfs", "native"), default="overlayfs")
+        p.add_argument("--snapshotter", choices=kinds,
+                       help="default: the one the image was pulled with")
     unmount = sub.add_parser("unmount", help="unmount what `mount` or `bundle` mounted")
     unmount.add_argument("dir", metavar="DIR")
-    unmount.add_argument("--snapshotter", choices=("overlayfs", "native"), default="overlayfs")
+    unmount.add_argument("--snapshotter", choices=kinds, help=argparse.SUPPRESS)
     images = sub.add_parser("images", help="list the images in the store")
     images.add_argument("--json", action="store_true", help="one JSON document")
     inspect = sub.add_parser("inspect", help="manifest, config and layers of a stored image")
@@ -128,8 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="the whole document as JSON")
     rm = sub.add_parser("rm", help="drop a ref (content goes at the next prune)")
     rm.add_argument("refs", metavar="REF", nargs="+")
-    sub.add_parser("prune", help="remove images without refs and blobs nothing uses")
-    sub.add_parser("check", help="re-hash every blob and check every record")
+    prune = sub.add_parser("prune", help="remove images without refs, and blobs and "
+                           "snapshots nothing uses")
+    prune.add_argument("--json", action="store_true", help="one JSON document")
+    check = sub.add_parser("check", help="re-hash every blob and check every record")
+    check.add_argument("--json", action="store_true", help="one JSON document")
 
     bench = sub.add_parser("bench", add_help=False, help="benchmark against containerd "
                            "(build-image, run; see `unlade bench --help`)")
@@ -158,19 +165,16 @@ def _pull(args: argparse.Namespace) -> int:
 
     client = Client(
         args.root, plain_http=args.plain_http, cert_dir=args.cert_dir, creds=args.creds,
-        authfile=args.authfile,
+        authfile=args.authfile, snapshotter=args.snapshotter,
     )
     show_bars = not (args.json or args.quiet) and sys.stderr.isatty()
+    options = {"rootfs": args.rootfs, "platform": args.platform,
+               "unpack": not args.no_unpack}
     if show_bars:
         with _Bars() as bars:
-            result = client.pull(args.ref, rootfs=args.rootfs, platform=args.platform,
-                                 progress=bars)
+            result = client.pull(args.ref, progress=bars, **options)
     else:
-        result = client.pull(args.ref, rootfs=args.rootfs, platform=args.platform)
-    if not args.rootfs:
-        unpacked = client.unpack(result.reference, snapshotter=args.snapshotter)
-        for layer, did in zip(result.layers, unpacked, strict=True):
-            layer.unpacked = did
+        result = client.pull(args.ref, **options)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -237,16 +241,31 @@ def _rm(args: argparse.Namespace) -> int:
 
 def _prune(args: argparse.Namespace) -> int:
     result = _client(args).prune()
-    print(f"pruned {result.images} images, {result.blobs} blobs, {_size(result.bytes)}")
+    if args.json:
+        from dataclasses import asdict
+
+        json.dump(asdict(result), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    print(f"pruned {result.images} images, {result.blobs} blobs ({_size(result.bytes)}), "
+          f"{result.snapshots} snapshots ({_size(result.snapshot_bytes)})")
     return EXIT_OK
 
 
 def _check(args: argparse.Namespace) -> int:
     result = _client(args).check()
+    if args.json:
+        from dataclasses import asdict
+
+        json.dump({**asdict(result), "ok": result.ok}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK if result.ok else EXIT_FAIL
     for problem in result.problems:
         print(f"problem: {problem}")
-    print(f"checked {result.blobs} blobs and {result.images} images: "
-          f"{'ok' if result.ok else f'{len(result.problems)} problems'}")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"checked {result.blobs} blobs, {result.images} images and {result.snapshots} "
+          f"snapshots: {'ok' if result.ok else f'{len(result.problems)} problems'}")
     return EXIT_OK if result.ok else EXIT_FAIL
 
 

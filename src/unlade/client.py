@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import images as _images
 from .auth import Credentials, parse_creds
@@ -41,13 +41,22 @@ def default_root(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
     return Path(data) / "unlade"
 
 
+SNAPSHOTTERS = ("overlayfs", "native")
+
+
 class Client:
-    """Pulls images into a content store at ``root`` (and unpacks them on request).
+    """Pulls images into a store at ``root``, unpacks them into snapshots, mounts them.
 
     Connection options apply to every registry this client talks to: ``plain_http`` to
     speak HTTP instead of HTTPS, ``cert_dir`` with extra CA certificates (``*.crt``) and
     client certificates (``*.cert``/``*.key``), ``creds`` ("user:password" or
     :class:`Credentials`) overriding the auth files, ``authfile`` to read only that file.
+    ``snapshotter`` is the default kind of snapshots: "overlayfs", "native", or "auto"
+    (overlayfs where the kernel and filesystem allow it, else native).
+
+    Every operation that creates or uses snapshots holds the store lock shared, and
+    :meth:`prune` holds it exclusively, so prune never removes what a running pull, unpack
+    or mount uses; mounts are recorded, so it also keeps what a mounted bundle shows.
     """
 
     def __init__(
@@ -59,11 +68,16 @@ class Client:
         creds: str | Credentials | None = None,
         authfile: str | os.PathLike[str] | None = None,
         retry: RetryPolicy | None = None,
+        snapshotter: str = "auto",
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.store = ContentStore(self.root)
         self._meta: MetaStore | None = None
         self._snapshotters: dict[str, Snapshotter] = {}
+        if snapshotter not in (*SNAPSHOTTERS, "auto"):
+            raise StoreError(f"unknown snapshotter {snapshotter!r}; choose overlayfs, "
+                             "native or auto")
+        self.default_snapshotter = snapshotter
         if isinstance(creds, str):
             creds = parse_creds(creds)
         self.registry = RegistryClient(
@@ -83,22 +97,29 @@ class Client:
         rootfs: str | os.PathLike[str] | None = None,
         platform: str | Platform | None = None,
         progress: Progress | None = None,
+        unpack: bool = True,
+        snapshotter: str | None = None,
     ) -> PullResult:
-        """Fetch and verify ``ref`` into the store; with ``rootfs``, also unpack it there.
+        """Fetch and verify ``ref`` into the store and unpack it: into snapshots (one per
+        layer, shared with every image that has the same layers below) or, with
+        ``rootfs``, into that directory as a flat copy instead.
 
         ``rootfs`` must be absent or an empty directory; it appears only complete.
-        ``platform`` is ``os/arch[/variant]`` (the host's by default) for multi-platform
-        images. Raises :class:`~unlade.errors.UnladeError` subclasses on failure.
+        ``unpack=False`` only downloads. ``platform`` is ``os/arch[/variant]`` (the host's
+        by default) for multi-platform images. Raises
+        :class:`~unlade.errors.UnladeError` subclasses on failure; a failed pull leaves
+        only verified blobs and committed snapshots behind.
         """
         reference = parse_reference(ref) if isinstance(ref, str) else ref
         plat = Platform.parse(platform) if isinstance(platform, str) else platform
+        snap = self.snapshotter(snapshotter) if unpack and rootfs is None else None
         with store_lock(self.root, exclusive=False):
             puller = Puller(self.store, self.registry, progress)
             result = puller.pull(reference,
                                  rootfs=Path(rootfs).absolute() if rootfs is not None else None,
-                                 platform=plat)
+                                 platform=plat, snapshotter=snap)
             _images.record_pull(self.meta, self.store, str(reference), result.manifest_digest,
-                                puller.extra_blobs)
+                                puller.extra_blobs, snap.name if snap is not None else "")
         return result
 
     @property
@@ -108,88 +129,126 @@ class Client:
             self._meta = MetaStore(self.root / "meta.db")
         return self._meta
 
-    def snapshotter(self, kind: str = "overlayfs") -> Snapshotter:
-        """The store's snapshotter of ``kind`` ("overlayfs" or "native"); each kind keeps
-        its snapshots and their records under ``ROOT/snapshots-KIND``."""
+    def _kind(self, kind: str | None) -> str:
+        kind = kind or self.default_snapshotter
+        if kind == "auto":
+            from .snapshot import OverlaySnapshotter
+
+            kind = "overlayfs" if OverlaySnapshotter.supported(self.root / "snapshots-overlayfs") \
+                else "native"
+        return kind
+
+    def snapshotter(self, kind: str | None = None) -> Snapshotter:
+        """The store's snapshotter of ``kind`` ("overlayfs", "native", or "auto"; default:
+        this client's). Each kind keeps its snapshots under ``ROOT/snapshots-KIND``, and
+        their records in the store's meta store."""
         from .snapshot import NativeSnapshotter, OverlaySnapshotter
 
+        kind = self._kind(kind)
         classes = {"overlayfs": OverlaySnapshotter, "native": NativeSnapshotter}
         if kind not in classes:
             raise StoreError(f"unknown snapshotter {kind!r}; choose overlayfs or native")
         if kind not in self._snapshotters:
             base = self.root / f"snapshots-{kind}"
             if kind == "overlayfs" and not classes[kind].supported(base):
-                raise StoreError(f"overlayfs cannot be mounted under {base}; "
-                                 "use --snapshotter native")
-            self._snapshotters[kind] = classes[kind](base, MetaStore(base / "meta.db"))
+                raise StoreError(f"overlayfs cannot be mounted under {base} (no overlay "
+                                 "support here); use --snapshotter native")
+            self._snapshotters[kind] = classes[kind](base, self.meta)
         return self._snapshotters[kind]
 
-    def unpack(self, ref: str, *, snapshotter: str = "overlayfs") -> list[bool]:
+    def unpack(self, ref: str, *, snapshotter: str | None = None) -> list[bool]:
         """Unpack a stored image into snapshots, one per layer (layers already unpacked by
         any image are reused); returns, per layer, whether it had to be unpacked."""
-        return self._unpack(ref, snapshotter)[1]
+        with store_lock(self.root, exclusive=False):
+            return self._unpack(ref, snapshotter)[1]
 
-    def _unpack(self, ref: str, snapshotter: str) -> tuple[list[str], list[bool]]:
-        """The image's chain IDs (bottom first) and, per layer, whether it was unpacked."""
+    def _unpack(self, ref: str, snapshotter: str | None) -> tuple[list[str], list[bool]]:
+        """The image's chain IDs (bottom first) and, per layer, whether it was unpacked
+        (the caller holds the store lock)."""
+        from .snapshot import ChainLayer
+
         doc = self.inspect(ref)
         snap = self.snapshotter(snapshotter)
-        unpacked = []
-        parent = None
-        for i, layer in enumerate(doc["layers"]):  # type: ignore[union-attr]
-            opened = []
-            manifest_layer = doc["manifest"]["layers"][i]  # type: ignore[index]
+        items = []
+        for i, layer in enumerate(doc["layers"]):
+            media = doc["manifest"]["layers"][i]["mediaType"]
 
-            def opener(layer: dict[str, str] = layer, media: str = manifest_layer["mediaType"],
-                       opened: list[bool] = opened) -> VerifyingStream:
-                opened.append(True)
-                return VerifyingStream(self.store, layer["digest"], media, layer["diff_id"])
+            def opener(layer: dict[str, str] = layer, media: str = media,
+                       label: str = f"layer {i + 1}") -> VerifyingStream:
+                return VerifyingStream(self.store, layer["digest"], media, layer["diff_id"],
+                                       label)
 
-            snap.unpack(layer["chain_id"], parent, opener, layer=f"layer {i + 1}")
-            unpacked.append(bool(opened))
-            parent = layer["chain_id"]
-        return [lay["chain_id"] for lay in doc["layers"]], unpacked  # type: ignore[union-attr]
+            items.append(ChainLayer(layer["chain_id"], opener, f"layer {i + 1}"))
+        unpacked = snap.unpack_chain(items)
+        return [item.chain_id for item in items], unpacked
 
     def mount(self, ref: str, target: str | os.PathLike[str], *, writable: bool = True,
-              snapshotter: str = "overlayfs") -> None:
-        """Mount the image at ``target`` (read-write by default: changes go to a private
-        upper directory), unpacking what is missing first."""
-        chain = self._unpack(ref, snapshotter)[0]
-        self.snapshotter(snapshotter).mounts(chain[::-1], target, writable=writable)
+              snapshotter: str | None = None) -> None:
+        """Mount the image at the empty directory ``target`` (read-write by default:
+        changes go to a private upper directory), unpacking what is missing first. The
+        snapshotter is the one the image was pulled with unless one is given."""
+        digest = _images.resolve(self.meta, ref)
+        path = Path(target)
+        if not path.is_dir():
+            raise StoreError(f"mount target {path} is not a directory")
+        if any(path.iterdir()):
+            raise StoreError(f"mount target {path} is not empty")
+        kind = snapshotter or self._image_snapshotter(digest)
+        with store_lock(self.root, exclusive=False):
+            chain = self._unpack(digest, kind)[0]
+            self.snapshotter(kind).mounts(chain[::-1], path, writable=writable, image=digest)
 
-    def unmount(self, target: str | os.PathLike[str], *, snapshotter: str = "overlayfs") -> None:
-        self.snapshotter(snapshotter).unmount(target)
+    def _image_snapshotter(self, ref: str) -> str | None:
+        image = self.meta.image(_images.resolve(self.meta, ref))
+        return image.snapshotter if image is not None and image.snapshotter else None
+
+    def unmount(self, target: str | os.PathLike[str], *, snapshotter: str | None = None) -> None:
+        """Unmount what :meth:`mount` mounted at ``target`` and drop its private upper."""
+        real = os.path.realpath(target)
+        kind = snapshotter
+        if kind is None:
+            kind = next((m.snapshotter for m in self.meta.mounts() if m.target == real), None)
+        if kind is None:
+            raise StoreError(f"nothing of this store is mounted at {target}")
+        self.snapshotter(kind).unmount(real)
 
     def bundle(self, ref: str, bundle_dir: str | os.PathLike[str], *,
-               snapshotter: str = "overlayfs") -> Path:
+               snapshotter: str | None = None) -> Path:
         """An OCI runtime bundle: ``DIR/rootfs`` (the image mounted read-write) and
-        ``DIR/config.json`` generated from the image config."""
+        ``DIR/config.json`` generated from the image config. ``DIR`` must be absent or
+        empty."""
         from .bundle import write_bundle
 
         bundle = Path(bundle_dir)
+        if bundle.exists() and (not bundle.is_dir() or any(bundle.iterdir())):
+            raise StoreError(f"bundle directory {bundle} is not empty")
+        config = self.inspect(ref)["config"]
         (bundle / "rootfs").mkdir(parents=True, exist_ok=True)
         self.mount(ref, bundle / "rootfs", writable=True, snapshotter=snapshotter)
         try:
-            return write_bundle(bundle, self.inspect(ref)["config"])  # type: ignore[arg-type]
+            return write_bundle(bundle, config)
         except BaseException:
-            self.unmount(bundle / "rootfs", snapshotter=snapshotter)
+            self.unmount(bundle / "rootfs")
             raise
 
     def images(self) -> list[ImageSummary]:
         """Every ref in the store with its image's digest, size and platform."""
         return _images.list_images(self.meta)
 
-    def inspect(self, ref: str) -> dict[str, object]:
+    def inspect(self, ref: str) -> dict[str, Any]:
         """Manifest, config, and layers with diffIDs and chainIDs of a stored image."""
         return _images.inspect_image(self.meta, self.store, ref)
 
     def remove(self, ref: str) -> str:
-        """Drop ``ref``; its content is removed by :meth:`prune` once nothing uses it."""
+        """Drop ``ref``; its content is removed by :meth:`prune` once nothing uses it.
+        Refused while it is the image's last ref and the image is mounted."""
         return _images.remove_image(self.meta, ref)
 
     def prune(self) -> PruneResult:
-        """Remove images without refs and blobs no image uses (waits for running pulls)."""
+        """Remove images without refs, then blobs and snapshots nothing uses (waits for
+        running pulls and mounts; keeps what mounted bundles show)."""
         return _images.prune(self.root, self.meta, self.store)
 
     def check(self) -> CheckResult:
         """Re-hash every blob and check every record against the content."""
-        return _images.check(self.meta, self.store)
+        return _images.check(self.root, self.meta, self.store)

@@ -20,6 +20,14 @@ of the upper over its ``lowers`` (whiteouts, opaque directories and lower symlin
 honoured as the kernel will), and what a lower layer holds is copied up where the flat
 apply would modify it in place, so that the mounted stack shows the tree the flat apply
 builds.
+
+With ``speculative=True`` a layer goes into its upper before the layers below it exist:
+they are taken to hold nothing, and every question the overlay apply would have asked them
+is written down in a :class:`Speculation`, with what its answer decided. Once the lowers
+are complete, :meth:`Speculation.settle` asks those questions again; where the real answer
+could not have changed the upper, or only changed the metadata of a directory the layer
+created (which is then corrected), the upper is what the ordinary apply makes. Otherwise
+the caller applies the layer again, the ordinary way.
 """
 
 from __future__ import annotations
@@ -30,9 +38,9 @@ import posixpath
 import shutil
 import stat
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, TypeVar
 
 from .errors import LayerError, LayerEscape, MalformedLayer, NoSpace, UnladeError
 from .tarstream import (
@@ -60,6 +68,19 @@ _MAX_NS = (1 << 63) - 1
 OPAQUE_XATTR = "trusted.overlay.opaque"
 
 Whiteouts = Literal["remove", "overlay"]
+_T = TypeVar("_T")
+
+# What the answer of a question to the lower layers decided (a speculative apply records
+# them per path, or-ed): how a path was resolved through it, whether a directory entry would
+# copy up a lower directory, whether a new directory must be opaque, whether a non-directory
+# was made where a resolution had passed (the ordinary apply would then forget resolutions).
+_Q_RESOLVE, _Q_DIR, _Q_ISDIR, _Q_OTHER = 1, 2, 4, 8
+# How a speculative apply made a directory: where the ordinary apply copies up a lower
+# directory if there is one (no opaque upper directory above); with its metadata set by a
+# directory entry (made by one, or taken over later); implicitly inside a missing parent that
+# may be such a copy-up, before an entry took that over (so with the group the parent has,
+# which its copy-up may change).
+_M_COPY, _M_ENTRY, _M_INHERIT = 1, 2, 4
 
 
 @dataclass(slots=True)
@@ -69,6 +90,13 @@ class LayerStats:
     entries: int = 0
     files: int = 0
     file_bytes: int = 0
+    speculation: Speculation | None = None  # set by a speculative apply, to be settled
+
+
+class Speculate(Exception):
+    """A speculative apply met something only the lower layers can decide (or failed, which
+    the ordinary apply must repeat to give the true error): apply the layer again over the
+    real lowers. Not an :class:`~unlade.errors.UnladeError`: it never reaches a user."""
 
 
 class _Fail(Exception):
@@ -185,6 +213,7 @@ class RootFS:
                 real = min(real, len(canon))
                 continue
             if len(canon) > real:  # below a missing directory: nothing to look at
+                self._unseen(canon, part)
                 canon = (*canon, part)
                 continue
             st, parent = self._entry(canon, part)
@@ -204,6 +233,9 @@ class RootFS:
             else:
                 raise _Fail(f"{'/'.join((*canon, part))!r} is not a directory")
         return canon, real
+
+    def _unseen(self, canon: tuple[str, ...], part: str) -> None:
+        """Hook: ``part`` of the missing directory ``canon`` is passed without a look."""
 
 
 def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
@@ -326,10 +358,11 @@ class _OverlayFS(RootFS):
         return found
 
     def lower_entry(
-        self, parent: tuple[str, ...], part: str
+        self, parent: tuple[str, ...], part: str, why: int = 0
     ) -> tuple[os.stat_result | None, int]:
         """The topmost lower entry ``part`` of the merged directory ``parent`` and its
-        lower's index; (None, -1) if no lower shows one (absent or whited out)."""
+        lower's index; (None, -1) if no lower shows one (absent or whited out). ``why``
+        says what the answer decides (``_Q_*``), for a speculative apply to write down."""
         for i in self.stack(parent):
             st = _lstat(part, self.lowers[i].fd(parent))
             if st is not None:
@@ -337,7 +370,7 @@ class _OverlayFS(RootFS):
         return None, -1
 
     def lookup(
-        self, parent: tuple[str, ...], part: str
+        self, parent: tuple[str, ...], part: str, why: int = 0
     ) -> tuple[os.stat_result | None, int]:
         """``part`` of the merged directory ``parent`` as the mount will show it, and where
         it comes from (-1: the upper, else a lower's index); (None, -1) if absent."""
@@ -346,13 +379,13 @@ class _OverlayFS(RootFS):
             st = _lstat(part, ufd)
             if st is not None:
                 return (None, -1) if is_whiteout(st) else (st, -1)
-        return self.lower_entry(parent, part)
+        return self.lower_entry(parent, part, why)
 
     def layer_fd(self, layer: int, canon: tuple[str, ...]) -> int:
         return self.fd(canon) if layer < 0 else self.lowers[layer].fd(canon)
 
     def _entry(self, canon: tuple[str, ...], part: str) -> tuple[os.stat_result | None, int]:
-        st, layer = self.lookup(canon, part)
+        st, layer = self.lookup(canon, part, _Q_RESOLVE)
         return st, (self.layer_fd(layer, canon) if st is not None else -1)
 
     def resolve_dir(self, name: str, *, create: bool) -> tuple[str, ...]:
@@ -389,6 +422,17 @@ class _OverlayFS(RootFS):
             os.chmod(name, 0o755, dir_fd=pfd)
             if opaque:
                 self.set_opaque(pfd, name)
+            self._new_dir(here, st is None)
+
+    def _new_dir(self, canon: tuple[str, ...], fresh: bool) -> None:
+        """Hook: the missing parent ``canon`` was made (``fresh``: not over a whiteout)
+        where the lowers show no directory."""
+
+    def merge_dir(self, canon: tuple[str, ...]) -> None:
+        """Hook: a directory entry took over the upper directory ``canon``."""
+
+    def removed_dir(self, canon: tuple[str, ...]) -> None:
+        """Hook: the upper directory ``canon`` was removed with all below it."""
 
     def lower_is_dir(self, parent: tuple[str, ...], name: str) -> bool:
         """Would a new upper directory ``name`` merge with a lower one? (Then it must be
@@ -445,6 +489,267 @@ class _OverlayFS(RootFS):
         os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=pfd, follow_symlinks=False)
 
 
+class _SpecFS(_OverlayFS):
+    """An upper over lower layers that are not known yet.
+
+    Every question to the lowers is answered "nothing there" and recorded in ``spec`` with
+    what it decides, unless an opaque upper directory hides the lowers at that point (then
+    "nothing" is the true answer, whatever they hold). Nothing is ever read from a lower.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__(root, ())
+        self.spec = Speculation()
+        self._cuts: dict[tuple[str, ...], bool] = {}
+
+    def invalidate(self) -> None:
+        super().invalidate()
+        self._cuts.clear()
+
+    def _cut(self, canon: tuple[str, ...]) -> bool:
+        """Does an opaque upper directory on the way to ``canon`` hide the lowers there (as
+        ``stack`` would find it now)? The root's opacity counts for nothing, as there."""
+        found = self._cuts.get(canon)
+        if found is None:
+            found = False
+            ufd: int | None = self.root_fd
+            for i, part in enumerate(canon):
+                if ufd is None:
+                    break
+                if self._opaque(ufd, part):
+                    found = True
+                    break
+                ufd = self.upper_fd(canon[: i + 1])
+            self._cuts[canon] = found
+        return found
+
+    def _ask(self, path: tuple[str, ...], why: int) -> None:
+        queries = self.spec.queries
+        if not why or (why == _Q_OTHER and path not in queries):
+            return  # the answer decides nothing (a non-directory hides whatever is below)
+        if len(path) > MAX_DEPTH:
+            raise Speculate(f"path is more than {MAX_DEPTH} directories deep")
+        if not self._cut(path[:-1]):
+            queries[path] = queries.get(path, 0) | why
+            if why == _Q_DIR:
+                self.spec.new_dir(path, _M_COPY | _M_ENTRY)
+
+    def lower_entry(
+        self, parent: tuple[str, ...], part: str, why: int = 0
+    ) -> tuple[os.stat_result | None, int]:
+        self._ask((*parent, part), why)
+        return None, -1
+
+    def lower_is_dir(self, parent: tuple[str, ...], name: str) -> bool:
+        self._ask((*parent, name), _Q_ISDIR)
+        return False
+
+    def _unseen(self, canon: tuple[str, ...], part: str) -> None:
+        self._ask((*canon, part), _Q_RESOLVE)
+
+    def _new_dir(self, canon: tuple[str, ...], fresh: bool) -> None:
+        how = _M_COPY if fresh and not self._cut(canon[:-1]) else 0
+        if self.spec.copied_up(canon[:-1]):
+            how |= _M_INHERIT
+        if how:
+            self.spec.new_dir(canon, how)
+
+    def merge_dir(self, canon: tuple[str, ...]) -> None:
+        self.spec.took_over(canon)
+
+    def removed_dir(self, canon: tuple[str, ...]) -> None:
+        self.spec.removed_dir(canon)
+
+    def copy_up_dir(self, parent: tuple[str, ...], name: str) -> None:
+        raise Speculate(f"{'/'.join((*parent, name))!r} would be copied up")
+
+    def copy_up(self, parent: tuple[str, ...], name: str, layer: int) -> None:
+        raise Speculate(f"{'/'.join((*parent, name))!r} would be copied up")
+
+
+class _LowerView(_OverlayFS):
+    """The lowers alone, as a speculative apply's questions were put to them: under an
+    upper that hides nothing (questions asked where the upper did were not recorded)."""
+
+    def upper_fd(self, canon: tuple[str, ...]) -> int | None:
+        return None
+
+
+def _lower_xattrs(dir_fd: int, name: str) -> dict[str, bytes] | None:
+    """The xattrs a copy-up of the lower directory ``name`` takes, if all are ``user.*``
+    (None otherwise: ACLs and security labels interact with the mode and with what is
+    created below, in ways a later fix-up cannot repeat)."""
+    path = f"/proc/self/fd/{dir_fd}/{name}"
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as err:
+        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
+    out: dict[str, bytes] = {}
+    for key in names:
+        if key.startswith("trusted."):
+            continue
+        if not key.startswith("user."):
+            return None
+        try:
+            out[key] = os.getxattr(path, key, follow_symlinks=False)
+        except OSError as err:
+            if err.errno != errno.ENODATA:
+                raise
+    return out
+
+
+# A directory's correction: path, owner, mode, xattrs (see Speculation._fix).
+_Fix = tuple[tuple[str, ...], tuple[int, int] | None, int | None, dict[str, bytes]]
+
+
+class Speculation:
+    """What a speculative apply assumed about the lower layers, to be checked against them.
+
+    ``queries`` maps each path whose lower entry was asked for (where no opaque upper
+    directory hid it) to what the answer decided (``_Q_*`` bits). ``dirs`` maps each new
+    directory that the ordinary apply copies up instead if the lowers have a directory
+    there, to when it was made and how (``_M_*`` bits); ``gone`` each upper directory the
+    layer removed again to when, so that a fix-up only goes to the directory it was made
+    for. Paths are tuples of names, shared with the resolver: a few hundred bytes each, one
+    per path that was new to the upper.
+    """
+
+    __slots__ = ("_clock", "dirs", "gone", "queries")
+
+    def __init__(self) -> None:
+        self.queries: dict[tuple[str, ...], int] = {}
+        self.dirs: dict[tuple[str, ...], tuple[int, int]] = {}
+        self.gone: dict[tuple[str, ...], int] = {}
+        self._clock = 0
+
+    def new_dir(self, path: tuple[str, ...], how: int) -> None:
+        self._clock += 1
+        self.dirs[path] = (self._clock, how)
+
+    def took_over(self, path: tuple[str, ...]) -> None:
+        made = self.dirs.get(path)
+        if made is not None and self._alive(path, made[0]):
+            self.dirs[path] = (made[0], made[1] | _M_ENTRY)
+
+    def copied_up(self, path: tuple[str, ...]) -> bool:
+        """Might ``path`` still have the mode of a lower directory's copy-up now?"""
+        made = self.dirs.get(path)
+        return made is not None and made[1] & (_M_COPY | _M_ENTRY) == _M_COPY \
+            and self._alive(path, made[0])
+
+    def removed_dir(self, path: tuple[str, ...]) -> None:
+        self._clock += 1
+        self.gone[path] = self._clock
+
+    def _alive(self, path: tuple[str, ...], when: int) -> bool:
+        """Is the directory made at ``when`` still the one at ``path`` (neither it nor a
+        directory above it removed since)?"""
+        gone = self.gone
+        if not gone:
+            return True
+        return all(gone.get(path[:i], 0) < when for i in range(1, len(path) + 1))
+
+    def settle(
+        self, upper: str | os.PathLike[str], lowers: Sequence[str | os.PathLike[str]]
+    ) -> bool:
+        """Check the speculation against the real ``lowers`` (newest first, as for
+        :func:`apply_layer`) of the ``upper`` it was made in, and correct the upper where
+        that is enough. True: ``upper`` now is what the ordinary apply over ``lowers``
+        makes. False: it is not; wipe it and apply the layer again with ``lowers``. The
+        lowers are only read; the upper is only changed when the answer is True."""
+        if not lowers or (not self.queries and not self.dirs):
+            return True
+        try:
+            view = _LowerView(upper, lowers)
+            try:
+                fixes = self._check(view)
+            finally:
+                view.close()
+            if fixes is None:
+                return False
+            return self._fix(upper, fixes)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"no space left on device settling {os.fspath(upper)!r}") \
+                    from None
+            return False  # the ordinary apply meets it again, and says what it is
+
+    def _check(self, view: _LowerView) -> list[_Fix] | None:
+        """Re-ask every question; the fix-ups the answers need, or None if a redo does."""
+        for path, why in self.queries.items():
+            parent, name = path[:-1], path[-1]
+            if why & _Q_ISDIR and view.lower_is_dir(parent, name):
+                return None  # a new directory there would have been opaque
+            if not why & (_Q_RESOLVE | _Q_DIR):
+                continue
+            st, _ = view.lower_entry(parent, name)
+            if st is None:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                # a resolution went on through it, creating or looking no differently; but
+                # a non-directory made there later would have made the ordinary apply
+                # resolve names afresh, where the speculative one trusted its cache
+                if why & _Q_OTHER:
+                    return None
+            elif why & _Q_RESOLVE:
+                return None  # a symlink to follow, or a non-directory to fail on
+            # else a directory entry over a lower non-directory: a new directory either way
+        fixes: list[_Fix] = []
+        for path, (when, how) in self.dirs.items():
+            parent, name = path[:-1], path[-1]
+            st, layer = view.lower_entry(parent, name) if how & _M_COPY else (None, -1)
+            if st is not None and stat.S_ISDIR(st.st_mode):  # the ordinary apply copied up
+                xattrs = _lower_xattrs(view.lowers[layer].fd(parent), name)
+                if xattrs is None:
+                    return None
+                if not self._alive(path, when):
+                    continue  # removed again, as the copy-up would have been
+                if how & _M_ENTRY:  # which set owner, mode and times after the copy-up
+                    if xattrs:
+                        fixes.append((path, None, None, xattrs))
+                else:
+                    fixes.append((path, (st.st_uid, st.st_gid), stat.S_IMODE(st.st_mode),
+                                  xattrs))
+            elif how & _M_INHERIT and not how & _M_ENTRY and self._alive(path, when):
+                # new in both, made in a missing parent: the copy-up of a setgid directory
+                # there handed its group down
+                above, _ = view.lower_entry(parent[:-1], parent[-1])
+                if above is not None and stat.S_ISDIR(above.st_mode) and \
+                        above.st_mode & stat.S_ISGID:
+                    fixes.append((path, (-1, above.st_gid), None, {}))
+        return fixes
+
+    @staticmethod
+    def _fix(upper: str | os.PathLike[str], fixes: list[_Fix]) -> bool:
+        """Give each directory what the ordinary apply gave it: the owner (-1: unchanged)
+        and mode of a copy-up, unless an entry set them later (then None), and the copied
+        xattrs no entry set (entries set theirs after the copy-up)."""
+        fs = RootFS(upper)
+        try:
+            for path, owner, mode, xattrs in fixes:
+                pfd = fs.fd(path[:-1])
+                name = path[-1]
+                here = _lstat(name, pfd)
+                if here is None or not stat.S_ISDIR(here.st_mode):
+                    return False
+                if owner is not None:
+                    os.chown(name, *owner, dir_fd=pfd, follow_symlinks=False)
+                if xattrs:
+                    target = f"/proc/self/fd/{pfd}/{name}"
+                    have = set(os.listxattr(target, follow_symlinks=False))
+                    for key, value in xattrs.items():
+                        if key not in have:
+                            os.setxattr(target, key, value, follow_symlinks=False)
+                if mode is not None:
+                    os.chmod(name, mode, dir_fd=pfd)
+                fs.release()
+        finally:
+            fs.close()
+        return True
+
+
 def _copy_data(src: int, dst: int) -> None:
     """Copy a whole file by descriptors, in the kernel where it can (reflinks on btrfs and
     xfs), else through a buffer."""
@@ -494,9 +799,23 @@ class _Applier:
         self.stats = LayerStats()
         self.unpacked: set[tuple[str, ...]] = set()
         self.dirs: list[tuple[str, int, int]] = []
+        self.stream_failed = False  # the failure came from reading, not from applying
+
+    def _read(self, items: Iterator[_T]) -> Iterator[_T]:
+        """``items``, noting whether reading them failed (a speculative apply passes such a
+        failure on: no redo can cure it)."""
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            except BaseException:
+                self.stream_failed = True
+                raise
+            yield item
 
     def run(self) -> None:
-        for entry in self.reader:
+        for entry in self._read(iter(self.reader)):
             self.stats.entries += 1
             if entry.type != GLOBAL:
                 self.apply(entry)
@@ -565,10 +884,12 @@ class _Applier:
         removed: the new upper entry hides it. A directory entry over a lower directory
         copies that directory up, so it keeps what the flat apply would keep (its xattrs).
         """
-        st, layer = ov.lookup(parent, base)
+        st, layer = ov.lookup(parent, base, _Q_DIR if entry.type == DIR else _Q_OTHER)
         if st is not None and stat.S_ISDIR(st.st_mode) and entry.type == DIR:
             if layer >= 0:
                 ov.copy_up_dir(parent, base)
+            else:
+                ov.merge_dir((*parent, base))
             return _lstat(base, ov.fd(parent)), False
         upper = _lstat(base, ov.fd(parent))
         opaque = False
@@ -583,7 +904,7 @@ class _Applier:
 
     def _write(self, fd: int, entry: Entry) -> None:
         written = 0
-        for piece in self.reader.data():
+        for piece in self._read(self.reader.data()):
             while piece:
                 n = os.write(fd, piece)
                 piece = piece[n:]
@@ -665,6 +986,8 @@ class _Applier:
                 return
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(base, dir_fd=pfd)
+            if self.ov is not None:
+                self.ov.removed_dir((*parent, base))
         else:
             os.unlink(base, dir_fd=pfd)
         if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
@@ -710,6 +1033,8 @@ class _Applier:
         """The kernel ignores an opaque layer root, so hide the lower layers' top level
         by hand: a whiteout for each name the upper lacks, opacity for each upper
         directory that would merge with a lower one."""
+        if isinstance(ov, _SpecFS):
+            raise Speculate("an opaque layer root hides names only the lower layers know")
         names: set[str] = set()
         for lower in ov.lowers:
             names.update(_listdir(lower.root_fd))
@@ -754,6 +1079,7 @@ def apply_layer(
     layer: str = "layer",
     whiteouts: Whiteouts = "remove",
     lowers: Sequence[str | os.PathLike[str]] = (),
+    speculative: bool = False,
 ) -> LayerStats:
     """Apply the uncompressed tar ``stream`` to the directory ``root``.
 
@@ -764,6 +1090,13 @@ def apply_layer(
     0:0 character devices, opaque markers the ``trusted.overlay.opaque`` xattr, and the
     mounted stack then shows what the flat apply builds.
 
+    ``speculative=True`` (overlay only, no ``lowers``) fills the empty ``root`` before the
+    lower layers are known; the returned ``speculation`` must then be settled against them
+    (:meth:`Speculation.settle`) before the upper is used. Where it meets what only the
+    lowers decide, or fails in a way the lowers might explain, it raises
+    :class:`Speculate`: the layer must be applied again over the real lowers, which gives
+    the true outcome. Failures of the stream itself are raised as without speculation.
+
     Reads ``stream`` exactly up to the end of the archive (the caller drains the rest so
     its digest covers every byte). Raises :class:`~unlade.errors.LayerError` subclasses
     whose message names ``layer`` and the entry at fault.
@@ -772,11 +1105,27 @@ def apply_layer(
         raise ValueError(f"whiteouts must be 'remove' or 'overlay', not {whiteouts!r}")
     if lowers and whiteouts != "overlay":
         raise ValueError("lowers are only used with whiteouts='overlay'")
+    if speculative and (whiteouts != "overlay" or lowers):
+        raise ValueError("a speculative apply needs whiteouts='overlay' and no lowers")
     reader = TarReader(stream)
-    rootfs = _OverlayFS(root, lowers) if whiteouts == "overlay" else RootFS(root)
+    rootfs: RootFS
+    if speculative:
+        rootfs = _SpecFS(root)
+    elif whiteouts == "overlay":
+        rootfs = _OverlayFS(root, lowers)
+    else:
+        rootfs = RootFS(root)
     applier = _Applier(reader, rootfs)
     try:
-        applier.run()
+        try:
+            applier.run()
+        except Speculate as err:
+            raise Speculate(f"{layer}: entry {shown(reader.entry_name)}: {err}") from None
+        except Exception as err:
+            if speculative and not applier.stream_failed and _undecided(err):
+                raise Speculate(f"{layer}: entry {shown(reader.entry_name)}: "
+                                f"failed without the lower layers ({err})") from None
+            raise
     except _Fail as err:
         raise err.kind(f"{layer}: entry {shown(reader.entry_name)}: {err}") from None
     except UnladeError as err:
@@ -796,4 +1145,14 @@ def apply_layer(
         ) from None
     finally:
         rootfs.close()
+    if isinstance(rootfs, _SpecFS):
+        applier.stats.speculation = rootfs.spec
     return applier.stats
+
+
+def _undecided(err: Exception) -> bool:
+    """Might the lower layers have turned this failure of a speculative apply into
+    success, or into another failure? (Only a full disk is certain to stay.)"""
+    if isinstance(err, OSError):
+        return err.errno not in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, (_Fail, LayerError, ValueError, OverflowError, RecursionError))

@@ -20,7 +20,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from .content import BlobWriter, ContentStore
 from .decompress import CORRUPT_DATA_ERRORS, open_decompressed
@@ -47,6 +47,9 @@ from .manifest import (
 )
 from .reference import Reference
 from .registry import Cancellation, RegistryClient
+
+if TYPE_CHECKING:
+    from .snapshot import Snapshotter
 
 DOWNLOAD_WORKERS = 3
 
@@ -196,7 +199,8 @@ class Puller:
         return digest, parsed, parsed.media_type
 
     def pull(
-        self, ref: Reference, *, rootfs: Path | None, platform: Platform | None
+        self, ref: Reference, *, rootfs: Path | None, platform: Platform | None,
+        snapshotter: Snapshotter | None = None,
     ) -> PullResult:
         start = time.monotonic()
         if rootfs is not None:
@@ -218,7 +222,9 @@ class Puller:
             for d in (lay.descriptor,)
         ]
         try:
-            if rootfs is None:
+            if rootfs is None and snapshotter is not None:
+                self._unpack_snapshots(ref, layers, snapshotter, result)
+            elif rootfs is None:
                 self._download_all(ref, layers, result)
             else:
                 self._unpack(ref, layers, rootfs, result)
@@ -230,17 +236,31 @@ class Puller:
         return result
 
     # -- downloads -----------------------------------------------------------------------
-    def _download(self, ref: Reference, index: int, writer: BlobWriter) -> None:
+    def _download(
+        self, ref: Reference, index: int, writer: BlobWriter, layer: LayerResult
+    ) -> None:
+        """Fetch one blob under its ingest lock (waiting, cancellably, while another
+        thread or process holds it): nothing if it is stored by then, else from where a
+        dead writer's ``.part`` ends. Only bytes fetched here count in ``bytes_fetched``."""
+
         def advance(n: int) -> None:
             with self._lock:
                 self.bytes_fetched += n
             self.progress.layer_bytes(index, n)
 
         try:
-            self.registry.download(ref, writer.digest, writer, advance, self.cancel)
+            if not writer.acquire(self.cancel, resume=True):
+                layer.fetched = False  # another pull stored it while we waited
+                self.progress.layer_bytes(index, layer.size)
+                return
+            if writer.resumed:
+                self.progress.layer_bytes(index, writer.resumed)
+            if writer.size is None or writer.written < writer.size:
+                self.registry.download(ref, writer.digest, writer, advance, self.cancel)
             writer.commit()
         except BaseException as err:
             writer.fail(err)
+            writer.close()  # drop the lock now: another pull may be waiting for it
             raise
 
     def _start_downloads(
@@ -258,7 +278,8 @@ class Puller:
             seen[desc.digest] = i
             result.layers[i].fetched = True
             writer = self.store.writer(desc.digest, desc.size)
-            started[i] = (writer, pool.submit(self._download, ref, i, writer))
+            started[i] = (writer, pool.submit(self._download, ref, i, writer,
+                                              result.layers[i]))
 
     def _download_all(self, ref: Reference, layers: list[Layer], result: PullResult) -> None:
         with self._downloads(ref, layers, result) as started:
@@ -311,6 +332,40 @@ class Puller:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
 
+    def _unpack_snapshots(
+        self, ref: Reference, layers: list[Layer], snapshotter: Snapshotter,
+        result: PullResult,
+    ) -> None:
+        """Stream every layer into its snapshot as it downloads (layers unpacked in
+        parallel by the snapshotter); layers already unpacked are neither read nor
+        unpacked again, and their blobs are still downloaded if the store lacks them."""
+        from .manifest import chain_ids
+        from .snapshot import ChainLayer
+
+        chains = chain_ids([layer.diff_id for layer in layers])
+        with self._downloads(ref, layers, result) as started:
+            writers = {layers[i].descriptor.digest: w for i, (w, _) in started.items()}
+            items = []
+            for i, (layer, chain) in enumerate(zip(layers, chains, strict=True)):
+                writer = writers.get(layer.descriptor.digest)
+
+                def opener(layer: Layer = layer, writer: BlobWriter | None = writer,
+                           label: str = _label(i, layer)) -> VerifyingStream:
+                    raw = writer.follow() if writer is not None \
+                        else self.store.open(layer.descriptor.digest)
+                    return VerifyingStream.of(raw, layer.compression, layer.diff_id, label)
+
+                items.append(ChainLayer(chain, opener, _label(i, layer)))
+            done = snapshotter.unpack_chain(items, abort=self.cancel.cancel)
+            for _, future in started.values():
+                future.result()
+        for i, item in enumerate(items):
+            result.layers[i].unpacked = done[i]
+            if item.stats is not None:
+                result.layers[i].entries = item.stats.entries
+                result.layers[i].file_bytes = item.stats.file_bytes
+            self.progress.layer_done(i)
+
     def _apply_one(
         self, index: int, layer: Layer, writer: BlobWriter | None, root: Path
     ) -> tuple[int, int]:
@@ -339,20 +394,36 @@ class Puller:
 
 
 class VerifyingStream:
-    """A stored layer blob as its uncompressed tar, for a snapshotter: the diffID is
-    checked when the stream is closed, and a mismatch raises so nothing is committed."""
+    """A layer blob as its uncompressed tar, for a snapshotter: the diffID is checked
+    when the stream is closed, and a mismatch raises so nothing is committed."""
 
-    def __init__(self, store: ContentStore, digest: str, media_type: str, diff_id: str):
+    def __init__(self, store: ContentStore, digest: str, media_type: str, diff_id: str,
+                 label: str = "layer"):
         from .manifest import LAYER_TYPES
 
         compression = LAYER_TYPES.get(media_type)
         if compression is None:
             raise ManifestError(f"unsupported layer media type {media_type!r}")
-        self._raw = store.open(digest)
+        self._setup(store.open(digest), compression, diff_id, label)
+
+    @classmethod
+    def of(cls, raw: BinaryIO, compression: str, diff_id: str, label: str) -> VerifyingStream:
+        """Over an open (possibly still growing) blob reader, which it closes."""
+        self = cls.__new__(cls)
+        self._setup(raw, compression, diff_id, label)
+        return self
+
+    def _setup(self, raw: BinaryIO, compression: str, diff_id: str, label: str) -> None:
+        self._raw = raw
         self._diff_id = diff_id
+        self._label = label
         self._algo = diff_id.partition(":")[0]
-        self._stream = _Hashing(open_decompressed(self._raw, compression), compression,
-                                self._algo)
+        try:
+            self._stream = _Hashing(open_decompressed(raw, compression), compression,
+                                    self._algo)
+        except BaseException:
+            raw.close()
+            raise
 
     def read(self, size: int = -1, /) -> bytes:
         return self._stream.read(size)
@@ -362,7 +433,7 @@ class VerifyingStream:
             self._stream.drain()
             actual = f"{self._algo}:{self._stream.hash.hexdigest()}"
             if actual != self._diff_id:
-                raise DigestMismatch(
-                    f"diffID mismatch: config says {self._diff_id}, content is {actual}")
+                raise DigestMismatch(f"{self._label}: diffID mismatch: config says "
+                                     f"{self._diff_id}, content is {actual}")
         finally:
             self._raw.close()

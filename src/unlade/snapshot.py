@@ -10,13 +10,21 @@ containerd:
 * :class:`NativeSnapshotter` keeps each chain as a full copy (parent copied, then the layer
   applied flat): it works on any filesystem and kernel, at the price of disk and copying.
 
-State is recorded in the :class:`~unlade.metastore.MetaStore`: a snapshot is claimed
-``preparing`` before its directory is filled and flipped to ``committed`` only once the
-layer is fully applied and its stream fully read (so a stream that verifies its digest at
-the end can still veto it). Any failure removes the directory and the record. A per-chain
-lock file (``flock``, released by the kernel if the holder dies) makes concurrent unpacks
-of one chain, from threads or processes, unpack it once; a ``preparing`` record found
-under the lock was left by a holder that died, and is discarded.
+State is recorded in the store's :class:`~unlade.metastore.MetaStore` (keyed by
+snapshotter kind and chainID): a snapshot is claimed ``preparing`` before its directory is
+filled and flipped to ``committed`` only once the layer is fully applied and its stream
+fully read (so a stream that verifies its digest at the end can still veto it). Any
+failure removes the directory and the record. A per-chain lock file (``flock``, released
+by the kernel if the holder dies) makes concurrent unpacks of one chain, from threads or
+processes, unpack it once; a ``preparing`` record found under the lock was left by a
+holder that died, and is discarded.
+
+The layers of one image are unpacked in parallel (:meth:`Snapshotter.unpack_chain`): an
+overlay layer whose lower layers are not finished yet is applied *speculatively* into its
+own directory, as if the lowers could not change its outcome, and settled once they are
+committed: :meth:`unlade.layer.Speculation.settle` re-checks every decision that depended
+on the lowers and either applies small fix-ups or says the layer must be applied again,
+so the result is always exactly the serial one.
 
 Layout below ``root`` (every level 0700, so an image's device nodes and setuid files are
 out of other users' reach): ``snapshots/<n>/fs`` (``n`` a small counter: overlay mount
@@ -38,16 +46,19 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, ClassVar, Protocol, cast
 
 from .errors import NoSpace, StoreError
-from .layer import LayerStats, Whiteouts, apply_layer
-from .metastore import MetaStore, Snapshot
+from .layer import LayerStats, Speculate, Whiteouts, apply_layer
+from .metastore import MetaStore, MountRecord, Snapshot
 
 __all__ = [
+    "ChainLayer",
     "Mount",
     "NativeSnapshotter",
     "OverlaySnapshotter",
@@ -57,8 +68,6 @@ __all__ = [
 ]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-# One MetaStore connection must not run two transactions at once; serialise our calls.
-_META_LOCK = threading.Lock()
 
 
 class Stream(Protocol):
@@ -72,6 +81,20 @@ class Stream(Protocol):
 
 #: Opens the layer's stream; called only if the layer really has to be unpacked.
 StreamOpener = Callable[[], Stream]
+
+
+@dataclass
+class ChainLayer:
+    """One layer of a chain to unpack: its chainID, how to open its stream (possibly
+    twice: a speculative apply that cannot be settled is redone), a label for errors, and
+    the application's counts, filled in if this call unpacked it."""
+
+    chain_id: str
+    open: StreamOpener
+    label: str = "layer"
+    stats: LayerStats | None = None
+    speculative: bool = False  # applied before its lowers were done
+    redone: bool = False  # ... and its speculation did not hold: applied again
 
 
 @dataclass(frozen=True)
@@ -90,16 +113,18 @@ class Mount:
 class Snapshotter(abc.ABC):
     """Unpacks layers into snapshots keyed by chainID and mounts chains of them.
 
-    One snapshotter per ``root``; ``meta`` records its snapshots. The meta store keys
-    snapshots by chainID alone, so snapshotters of different kinds need their own stores.
+    One snapshotter per ``root``; ``meta`` (the store's meta store) records its snapshots
+    under its :attr:`name`, with directories relative to the meta store's directory.
     """
 
     name: ClassVar[str]
     whiteouts: ClassVar[Whiteouts]
+    parallel: ClassVar[bool] = False  # can a layer be unpacked before its lowers are done?
 
     def __init__(self, root: str | os.PathLike[str], meta: MetaStore) -> None:
         self.root = Path(os.path.abspath(root))
         self.meta = meta
+        self.base = Path(os.path.abspath(meta.path.parent))
         self.snapshots_dir = self.root / "snapshots"
         self.active_dir = self.root / "active"
         self.locks_dir = self.root / "locks"
@@ -116,15 +141,24 @@ class Snapshotter(abc.ABC):
 
     # -- records ---------------------------------------------------------------------------
     def _get(self, chain_id: str) -> Snapshot | None:
-        with _META_LOCK:
-            return self.meta.snapshot(chain_id)
+        return self.meta.snapshot(self.name, chain_id)
+
+    def path(self, record: Snapshot) -> Path:
+        """The snapshot's own directory (``fs`` below it holds its files)."""
+        return self.base / record.dir
+
+    def _record_dir(self, directory: Path) -> str:
+        try:
+            return str(directory.relative_to(self.base))
+        except ValueError:
+            return str(directory)
 
     def _own(self, record: Snapshot) -> Snapshot:
         """``record``, checked to be one of this snapshotter's."""
-        if Path(record.dir).parent != self.snapshots_dir:
+        if self.path(record).parent != self.snapshots_dir:
             raise StoreError(
-                f"snapshot {record.chain_id} is in {record.dir}, not in this {self.name} "
-                f"snapshotter ({self.snapshots_dir})")
+                f"snapshot {record.chain_id} is in {self.path(record)}, not in this "
+                f"{self.name} snapshotter ({self.snapshots_dir})")
         return record
 
     def get(self, chain_id: str) -> Snapshot | None:
@@ -135,13 +169,16 @@ class Snapshotter(abc.ABC):
 
     def fs_dir(self, record: Snapshot) -> Path:
         """The directory holding the snapshot's files."""
-        return Path(record.dir) / "fs"
+        return self.path(record) / "fs"
+
+    def lock_path(self, chain_id: str) -> Path:
+        return self.locks_dir / (hashlib.sha256(chain_id.encode()).hexdigest()[:32] + ".lock")
 
     @contextlib.contextmanager
     def _locked(self, chain_id: str) -> Iterator[Path]:
         """Hold the chain's lock file. Whoever deletes it must do so while holding it;
         a waiter then finds it gone (or replaced) after locking, and locks afresh."""
-        path = self.locks_dir / (hashlib.sha256(chain_id.encode()).hexdigest()[:32] + ".lock")
+        path = self.lock_path(chain_id)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -164,10 +201,20 @@ class Snapshotter(abc.ABC):
 
     def _discard(self, record: Snapshot) -> None:
         """Forget a snapshot, then delete its directory (a record never outlives its
-        directory, so a directory without a record is only ever garbage)."""
-        with _META_LOCK:
-            self.meta.remove_snapshot(record.chain_id)
-        _rmtree(Path(record.dir))
+        directory, so a directory without a record is only ever garbage).
+
+        A stale ``preparing`` snapshot may have stale children: the dead unpacker claimed
+        them in the same run (a live one claims a child only over a committed parent or
+        one it claimed itself), so they go too, deepest first."""
+        doomed = [record]
+        children: dict[str | None, list[Snapshot]] = {}
+        for snap in self.meta.snapshots(self.name):
+            children.setdefault(snap.parent, []).append(snap)
+        for snap in doomed:
+            doomed += children.get(snap.chain_id, [])
+        for snap in reversed(doomed):
+            self.meta.remove_snapshot(self.name, snap.chain_id)
+            _rmtree(self.path(snap))
 
     # -- unpack ----------------------------------------------------------------------------
     def unpack(
@@ -188,57 +235,189 @@ class Snapshotter(abc.ABC):
         committed; on any failure its directory and record are removed and the error
         propagates. ``stats``, if given, receives the application's counts.
         """
-        found = self.get(chain_id)
-        if found is not None:
-            return found
-        with self._locked(chain_id):
-            record = self._get(chain_id)
-            if record is not None:
-                if record.state == "committed":
-                    return self._own(record)
-                self._discard(self._own(record))  # its unpacker died: we hold its lock
-            parent = None
-            if parent_chain_id is not None:
-                parent = self.get(parent_chain_id)
-                if parent is None:
-                    raise StoreError(f"cannot unpack {chain_id}: its parent snapshot "
-                                     f"{parent_chain_id} is not unpacked")
-            directory = _new_dir(self.snapshots_dir)
-            try:
-                with _META_LOCK:
-                    claimed = self.meta.prepare_snapshot(chain_id, parent_chain_id,
-                                                         str(directory))
-            except BaseException:
-                _rmtree(directory)
-                raise
-            if not claimed:
-                _rmtree(directory)
-                raise StoreError(f"snapshot {chain_id} is being prepared outside its lock")
-            try:
-                applied = self._fill(directory / "fs", parent, stream_opener, layer)
-                size = _disk_usage(directory)
-                with _META_LOCK:
-                    self.meta.commit_snapshot(chain_id, size)
-            except BaseException:
-                with contextlib.suppress(Exception), _META_LOCK:
-                    self.meta.remove_snapshot(chain_id)
-                _rmtree(directory)
-                raise
-        if stats is not None:
+        if parent_chain_id is not None and self.get(parent_chain_id) is None \
+                and self.get(chain_id) is None:
+            raise StoreError(f"cannot unpack {chain_id}: its parent snapshot "
+                                 f"{parent_chain_id} is not unpacked")
+        item = ChainLayer(chain_id, stream_opener, layer)
+        self._unpack(parent_chain_id, [item], workers=1)
+        if stats is not None and item.stats is not None:
             stats.entries, stats.files, stats.file_bytes = \
-                applied.entries, applied.files, applied.file_bytes
+                item.stats.entries, item.stats.files, item.stats.file_bytes
         result = self.get(chain_id)
         if result is None:
             raise StoreError(f"snapshot {chain_id} vanished right after its commit")
         return result
 
-    def _apply(self, fs: Path, opener: StreamOpener, layer: str,
-               lowers: Sequence[Path] = ()) -> LayerStats:
-        """Apply the opened stream to ``fs``, read it to its end, close it."""
-        stream = opener()
+    def unpack_chain(
+        self, layers: Sequence[ChainLayer], *, workers: int | None = None,
+        abort: Callable[[], None] | None = None,
+    ) -> list[bool]:
+        """Unpack a whole chain (bottom layer first), reusing every layer already
+        committed, with up to ``workers`` layers (default: the CPU count) applied at once.
+
+        Returns, per layer, whether this call unpacked it. On failure every snapshot this
+        call claimed and had not committed is removed, ``abort`` (if given) is called first
+        so that streams blocked on their source end, and the first error propagates.
+        """
+        return self._unpack(None, layers, workers=workers or os.cpu_count() or 1,
+                            abort=abort)
+
+    def _unpack(
+        self, base: str | None, layers: Sequence[ChainLayer], *, workers: int,
+        abort: Callable[[], None] | None = None,
+    ) -> list[bool]:
+        """Claim what is missing (chain locks taken bottom-up: every chain sharing a
+        prefix takes the same locks in the same order, so two of them cannot deadlock),
+        then fill and commit in order."""
+        claimed: dict[int, Path] = {}
+        with contextlib.ExitStack() as locks:
+            try:
+                parent = base
+                for i, item in enumerate(layers):
+                    if self.get(item.chain_id) is None:
+                        locks.enter_context(self._locked(item.chain_id))
+                        record = self._get(item.chain_id)
+                        if record is not None and record.state != "committed":
+                            self._discard(self._own(record))  # its unpacker died
+                            record = None
+                        if record is None:
+                            claimed[i] = self._claim(item.chain_id, parent)
+                    parent = item.chain_id
+                if claimed:
+                    self._fill_chain(base, layers, claimed, workers, abort)
+            except BaseException:
+                for i in sorted(claimed, reverse=True):  # children before parents
+                    record = self._get(layers[i].chain_id)
+                    if record is not None and record.state != "committed":
+                        with contextlib.suppress(Exception):
+                            self.meta.remove_snapshot(self.name, layers[i].chain_id)
+                    if record is None or record.state != "committed":
+                        _rmtree(claimed[i])
+                raise
+        return [i in claimed for i in range(len(layers))]
+
+    def _claim(self, chain_id: str, parent: str | None) -> Path:
+        directory = _new_dir(self.snapshots_dir)
         try:
-            stats = apply_layer(cast(BinaryIO, stream), fs, layer=layer,
-                                whiteouts=self.whiteouts, lowers=lowers)
+            claimed = self.meta.prepare_snapshot(self.name, chain_id, parent,
+                                                 self._record_dir(directory))
+        except BaseException:
+            _rmtree(directory)
+            raise
+        if not claimed:
+            _rmtree(directory)
+            raise StoreError(f"snapshot {chain_id} is being prepared outside its lock")
+        return directory
+
+    def _below(self, base: str | None, layers: Sequence[ChainLayer], claimed: dict[int, Path],
+               i: int) -> list[Path]:
+        """The fs directories under layer ``i``, topmost first."""
+        out = [claimed[j] / "fs" if j in claimed else self.fs_dir(self._committed(layers[j]))
+               for j in range(i - 1, -1, -1)]
+        if base is not None:
+            out += self._lowers(self._committed_id(base))
+        return out
+
+    def _committed(self, item: ChainLayer) -> Snapshot:
+        return self._committed_id(item.chain_id)
+
+    def _committed_id(self, chain_id: str) -> Snapshot:
+        record = self.get(chain_id)
+        if record is None:
+            raise StoreError(f"snapshot {chain_id} is not unpacked")
+        return record
+
+    def _lowers(self, record: Snapshot | None) -> list[Path]:
+        """The fs directories of ``record`` and all below it, topmost first."""
+        out: list[Path] = []
+        while record is not None:
+            out.append(self.fs_dir(record))
+            if record.parent is None:
+                break
+            below = self.get(record.parent)
+            if below is None:
+                raise StoreError(f"snapshot {record.parent} (below {record.chain_id}) "
+                                 "is missing")
+            record = below
+        return out
+
+    def _commit(self, item: ChainLayer, directory: Path, stats: LayerStats) -> None:
+        item.stats = stats
+        self.meta.commit_snapshot(self.name, item.chain_id, _disk_usage(directory))
+
+    def _fill_chain(
+        self, base: str | None, layers: Sequence[ChainLayer], claimed: dict[int, Path],
+        workers: int, abort: Callable[[], None] | None,
+    ) -> None:
+        """Fill the claimed snapshots and commit them bottom-up. Layers whose lowers are
+        all committed are applied exactly; the others, speculatively (if this kind
+        can), all on a pool of ``workers`` threads; settling happens here, in order."""
+        order = sorted(claimed)
+        if not self.parallel or workers <= 1 or len(order) == 1:
+            for i in order:
+                fs = claimed[i] / "fs"
+                stats = self._fill(fs, self._below(base, layers, claimed, i), layers[i])
+                self._commit(layers[i], claimed[i], stats)
+            return
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(min(workers, len(order)),
+                                  thread_name_prefix="unlade-unpack")
+        futures: dict[int, Future[LayerStats]] = {}
+        try:
+            for i in order:
+                exact = all(j not in claimed for j in range(i))
+                lowers = self._below(base, layers, claimed, i) if exact else []
+                layers[i].speculative = not exact
+                futures[i] = pool.submit(self._apply_new, claimed[i] / "fs", layers[i],
+                                         lowers, not exact, stop)
+            for i in order:
+                fs = claimed[i] / "fs"
+                try:
+                    stats = futures[i].result()
+                    settled = stats.speculation is None or stats.speculation.settle(
+                        fs, self._below(base, layers, claimed, i))
+                except Speculate:
+                    settled = False
+                if not settled:
+                    layers[i].redone = True
+                    _rmtree(fs)
+                    stats = self._apply_new(fs, layers[i],
+                                            self._below(base, layers, claimed, i), False, None)
+                self._commit(layers[i], claimed[i], stats)
+        except BaseException:
+            stop.set()
+            if abort is not None:
+                abort()
+            raise
+        finally:
+            while True:
+                try:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    break
+                except KeyboardInterrupt:
+                    stop.set()
+
+    def _apply_new(self, fs: Path, item: ChainLayer, lowers: Sequence[Path],
+                   speculative: bool, stop: threading.Event | None) -> LayerStats:
+        fs.mkdir(mode=0o755)
+        fs.chmod(0o755)
+        return self._apply(fs, item, lowers, speculative=speculative, stop=stop)
+
+    def _apply(self, fs: Path, item: ChainLayer, lowers: Sequence[Path] = (), *,
+               speculative: bool = False, stop: threading.Event | None = None) -> LayerStats:
+        """Apply the layer's freshly opened stream to ``fs``, read it to its end, close it
+        (which may verify it)."""
+        stream: Stream = item.open()
+        if stop is not None:
+            stream = _Stoppable(stream, stop)
+        try:
+            if speculative:
+                stats = apply_layer(cast(BinaryIO, stream), fs, layer=item.label,
+                                    whiteouts=self.whiteouts, speculative=True)
+            else:
+                stats = apply_layer(cast(BinaryIO, stream), fs, layer=item.label,
+                                    whiteouts=self.whiteouts, lowers=lowers)
             while stream.read(1 << 20):
                 pass
         finally:
@@ -246,9 +425,9 @@ class Snapshotter(abc.ABC):
         return stats
 
     @abc.abstractmethod
-    def _fill(self, fs: Path, parent: Snapshot | None, opener: StreamOpener,
-              layer: str) -> LayerStats:
-        """Create ``fs`` (it does not exist yet) holding the snapshot's files."""
+    def _fill(self, fs: Path, lowers: list[Path], item: ChainLayer) -> LayerStats:
+        """Create ``fs`` (it does not exist yet) holding the snapshot's files; ``lowers``
+        are the fs directories below, topmost first."""
 
     def remove(self, chain_id: str) -> None:
         """Delete a snapshot no other snapshot builds on (mounted ones must be unmounted
@@ -258,8 +437,8 @@ class Snapshotter(abc.ABC):
             if record is None:
                 return
             self._own(record)
-            with _META_LOCK:
-                children = [s.chain_id for s in self.meta.snapshots() if s.parent == chain_id]
+            children = [s.chain_id for s in self.meta.snapshots(self.name)
+                        if s.parent == chain_id]
             if children:
                 raise StoreError(f"snapshot {chain_id} has children: {', '.join(children)}")
             self._discard(record)
@@ -285,12 +464,14 @@ class Snapshotter(abc.ABC):
 
     def mounts(
         self, chain_ids_top_first: Sequence[str], target: str | os.PathLike[str], *,
-        writable: bool,
+        writable: bool, image: str | None = None,
     ) -> Mount:
         """Mount the chain (its snapshots, topmost first) at the existing directory
         ``target`` and return what was mounted. A writable mount gets a fresh directory of
         its own under ``active/``, so the snapshots themselves are never written;
-        :meth:`unmount` removes it."""
+        :meth:`unmount` removes it. The mount is recorded (with ``image``, the manifest
+        digest it shows) so that prune keeps its snapshots and removal of the image is
+        refused until it is unmounted."""
         records = self._chain(chain_ids_top_first)
         target_path = Path(os.path.realpath(target))  # as /proc/self/mountinfo shows it
         if not target_path.is_dir():
@@ -300,7 +481,14 @@ class Snapshotter(abc.ABC):
             if active is not None:
                 (active / "target").write_text(str(target_path))
             mount = self._mount_spec(records, target_path, active)
-            _mount(mount)
+            self.meta.add_mount(MountRecord(
+                str(target_path), self.name, chain_ids_top_first[0], image,
+                self._record_dir(active) if active is not None else None, time.time()))
+            try:
+                _mount(mount)
+            except BaseException:
+                self.meta.remove_mount(str(target_path))
+                raise
         except BaseException:
             if active is not None:
                 _rmtree(active)
@@ -313,7 +501,7 @@ class Snapshotter(abc.ABC):
         """What to mount (preparing ``active`` for a writable mount)."""
 
     def unmount(self, target: str | os.PathLike[str]) -> None:
-        """Unmount ``target`` (if mounted) and delete its writable directory, if any."""
+        """Unmount ``target`` (if mounted) and delete its writable directory and record."""
         target_path = os.path.realpath(target)
         if _is_mountpoint(target_path):
             _run(["umount", target_path], f"unmount {target_path}")
@@ -324,6 +512,24 @@ class Snapshotter(abc.ABC):
                     mine.append(int(entry.name))
         if mine:  # the newest, should several mounts have been stacked there
             _rmtree(self.active_dir / str(max(mine)))
+        if not _is_mountpoint(target_path):
+            self.meta.remove_mount(target_path)
+
+
+class _Stoppable:
+    """A stream that ends with an error once ``stop`` is set (another layer failed)."""
+
+    def __init__(self, stream: Stream, stop: threading.Event) -> None:
+        self._stream = stream
+        self._stop = stop
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._stop.is_set():
+            raise StoreError("unpack stopped: another layer failed")
+        return self._stream.read(size)
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class OverlaySnapshotter(Snapshotter):
@@ -332,6 +538,7 @@ class OverlaySnapshotter(Snapshotter):
 
     name = "overlayfs"
     whiteouts: ClassVar[Whiteouts] = "overlay"
+    parallel = True
 
     @classmethod
     def supported(cls, root: str | os.PathLike[str]) -> bool:
@@ -355,36 +562,21 @@ class OverlaySnapshotter(Snapshotter):
             (upper / "d").mkdir()
             os.setxattr(upper / "d", "trusted.overlay.opaque", b"y")
             opts = f"lowerdir={lower},upperdir={upper},workdir={wd}"
-            subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mnt)],
-                           check=True, capture_output=True)
-            try:
-                return sorted(os.listdir(mnt)) == ["d"] and os.listdir(mnt / "d") == []
-            finally:
-                subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
+            # In a mount namespace of its own, so that the trial mount dies with it even
+            # if we are killed right now (a leftover mount would pin the store).
+            proc = subprocess.run(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 'mount -t overlay overlay -o "$1" "$2" && ls -A "$2" && echo -- '
+                 '&& ls -A "$2/d"', "sh", opts, str(mnt)],
+                capture_output=True, text=True, timeout=30)
+            return proc.returncode == 0 and proc.stdout.split() == ["d", "--"]
         except (OSError, subprocess.CalledProcessError):
             return False
         finally:
             _rmtree(work)
 
-    def _lowers(self, record: Snapshot | None) -> list[Path]:
-        """The fs directories of ``record`` and all below it, topmost first."""
-        out: list[Path] = []
-        while record is not None:
-            out.append(self.fs_dir(record))
-            if record.parent is None:
-                break
-            below = self.get(record.parent)
-            if below is None:
-                raise StoreError(f"snapshot {record.parent} (below {record.chain_id}) "
-                                 "is missing")
-            record = below
-        return out
-
-    def _fill(self, fs: Path, parent: Snapshot | None, opener: StreamOpener,
-              layer: str) -> LayerStats:
-        fs.mkdir(mode=0o755)
-        fs.chmod(0o755)
-        return self._apply(fs, opener, layer, self._lowers(parent))
+    def _fill(self, fs: Path, lowers: list[Path], item: ChainLayer) -> LayerStats:
+        return self._apply_new(fs, item, lowers, False, None)
 
     def _mount_spec(self, records: list[Snapshot], target: Path,
                     active: Path | None) -> Mount:
@@ -427,14 +619,13 @@ class NativeSnapshotter(Snapshotter):
     name = "native"
     whiteouts: ClassVar[Whiteouts] = "remove"
 
-    def _fill(self, fs: Path, parent: Snapshot | None, opener: StreamOpener,
-              layer: str) -> LayerStats:
-        if parent is None:
+    def _fill(self, fs: Path, lowers: list[Path], item: ChainLayer) -> LayerStats:
+        if not lowers:
             fs.mkdir(mode=0o755)
             fs.chmod(0o755)
         else:
-            _copy_tree(self.fs_dir(parent), fs)
-        return self._apply(fs, opener, layer)
+            _copy_tree(lowers[0], fs)
+        return self._apply(fs, item)
 
     def _mount_spec(self, records: list[Snapshot], target: Path,
                     active: Path | None) -> Mount:

@@ -10,6 +10,8 @@ import re
 import socket
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 _REQUEST = re.compile(rb"^(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/1\.[01]\r\n(.*?)\r\n\r\n",
@@ -50,6 +52,23 @@ class FaultProxy:
         self._server.listen(32)
         self._server.settimeout(0.2)
         self._threads: list[threading.Thread] = []
+
+    def blob_gets(self, digests: Iterable[str] | None = None, since: int = 0
+                  ) -> Counter[str]:
+        """How many times each blob was requested with GET (Range requests included),
+        by digest; only ``digests`` if given (each listed, zero if never requested);
+        only requests from ``since`` on (an earlier ``len(proxy.requests)``)."""
+        with self._lock:
+            seen = self.requests[since:]
+        counts: Counter[str] = Counter()
+        if digests is not None:
+            counts.update({d: 0 for d in digests})
+        for r in seen:
+            if r.method == "GET" and "/blobs/" in r.path:
+                digest = r.path.rsplit("/blobs/", 1)[1].split("?", 1)[0]
+                if digests is None or digest in counts:
+                    counts[digest] += 1
+        return counts
 
     @property
     def host(self) -> str:
