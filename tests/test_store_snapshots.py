@@ -209,3 +209,37 @@ def test_store_from_a_newer_unlade_is_refused(run_unlade: RunUnlade, unlade_root
     proc = run_unlade("images")
     assert proc.returncode == 1
     assert "written by a newer unlade" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_prune_waits_for_a_running_pull(
+    tmp_path: Path, registry: Registry, run_unlade: RunUnlade, unlade_root: Path
+) -> None:
+    """A prune started while a pull is downloading and unpacking (nothing of it recorded
+    yet) must neither remove its blobs nor its half-made snapshots: it waits."""
+    import time
+
+    from harness.faultproxy import FaultProxy
+    from harness.storecheck import finish, start_unlade
+
+    layout = tmp_path / "layout"
+    images.build_layout(layout, "t", [[images.file("big", os.urandom(3 << 20))],
+                                      [images.file("more", os.urandom(1 << 20))]])
+    images.push(layout, "t", registry, "prune/busy")
+    with FaultProxy(registry.host, rate=2 << 20) as proxy:  # the pull takes ~2 s
+        ref = f"{proxy.host}/prune/busy:t"
+        pull = start_unlade(unlade_root, "pull", "--plain-http", "--json", ref)
+        deadline = time.monotonic() + 30
+        while not list((unlade_root / "ingest").glob("*.part")) if (
+                unlade_root / "ingest").is_dir() else True:
+            assert time.monotonic() < deadline and pull.poll() is None
+            time.sleep(0.02)
+        started = time.monotonic()
+        pruned = json.loads(run_unlade("prune", "--json", check=True).stdout)
+        waited = time.monotonic() - started
+        doc = finish(pull)
+    # it waited for the pull to finish (which had most of its bytes still to fetch)
+    assert waited > 0.5 and doc["seconds"] > 0.5
+    assert (pruned["blobs"], pruned["snapshots"]) == (0, 0)
+    assert all(layer["unpacked"] for layer in doc["layers"])
+    check = json.loads(run_unlade("check", "--json", check=True).stdout)
+    assert check["ok"] and check["snapshots"] == 2 and check["images"] == 1
