@@ -658,7 +658,7 @@ class Speculation:
         :func:`apply_layer`) of the ``upper`` it was made in, and correct the upper where
         that is enough. True: ``upper`` now is what the ordinary apply over ``lowers``
         makes. False: it is not; wipe it and apply the layer again with ``lowers``. The
-        lowers are only read; the upper is only changed when the answer is True."""
+        lowers are only read; the upper is only corrected once every check has passed."""
         if not lowers or (not self.queries and not self.dirs):
             return True
         try:
