@@ -368,3 +368,28 @@ def test_two_threads_of_one_process_download_each_blob_once(
     _assert_downloaded_once(docs, sizes, proxy)
     assert ingest_files(tmp_path / "store") == []
     assert (tmp_path / "two" / "l12-0" / "small-3").read_text() == "12-0-3\n" * 50
+
+
+@pytest.mark.root
+@pytest.mark.tools
+@pytest.mark.parametrize("mode", ["rootfs", "snapshots"])
+def test_a_layer_twice_in_one_image_is_downloaded_once(
+        mode: str, tmp_path: Path, registry: Registry) -> None:
+    a, b = _random_layers(20, [800_000, 300_000])
+    image = images.build_and_push(tmp_path / "layout", registry, "concurrency/twice", "t",
+                                  [a, b, a], raw=True)
+    assert isinstance(image.info, images.ImageInfo)
+    digests = image.info.layer_digests
+    assert digests[0] == digests[2] != digests[1]
+    sizes = _layer_sizes(image.info)
+    root = tmp_path / "store"
+    with FaultProxy(registry.host, rate=4 << 20) as proxy:
+        doc = finish(start_unlade(root, *_pull_args(
+            image.ref.replace(registry.host, proxy.host), mode, tmp_path, "r")))
+    assert doc["bytes_fetched"] == sum(sizes.values())
+    assert [la["fetched"] for la in doc["layers"]] == [True, True, False]
+    assert proxy.blob_gets(sizes) == dict.fromkeys(sizes, 1)
+    assert check_problems(root) == []
+    assert ingest_files(root) == []
+    if mode == "rootfs":
+        assert (tmp_path / "rootfs-r" / "l20-0" / "small-7").read_text() == "20-0-7\n" * 50

@@ -189,7 +189,6 @@ def test_sigkill_at_random_moments(chunk: int, crash: CrashImage, tmp_path: Path
     killed = [_crash_store(index, crash, fraction, tmp_path) for index, fraction in mine]
     # Moments well inside a pull must have found it running (late ones may not).
     assert all(k for k, (_, f) in zip(killed, mine, strict=True) if f < 0.4), (killed, mine)
-    assert any(killed)
 
 
 def test_the_moments_cover_a_whole_pull() -> None:

@@ -425,3 +425,23 @@ def test_two_processes_pulling_into_one_store_both_succeed(
     assert_same_tree(tmp_path / "a", tmp_path / "b")
     _assert_like_umoci(layout, "t", tmp_path / "a", tmp_path)
     assert list((unlade_root / "ingest").iterdir()) == []
+
+
+def test_work_dirs_left_by_killed_pulls_are_swept(
+    tmp_path: Path, tricky_image: PushedImage, run_unlade: RunUnlade
+) -> None:
+    """A pull killed with SIGKILL leaves its hidden work directory beside the target; the
+    next pull to that target removes it, but never one a running pull holds."""
+    import fcntl
+
+    stale = tmp_path / ".r.unlade-dead1234"
+    busy = tmp_path / ".r.unlade-busy5678"
+    for d in (stale, busy):
+        (d / "etc").mkdir(parents=True)
+    fd = os.open(busy, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _pull_json(run_unlade, tricky_image.ref, tmp_path / "r")
+        assert not stale.exists() and busy.exists()
+    finally:
+        os.close(fd)

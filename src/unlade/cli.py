@@ -114,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
                            "overlayfs where the kernel allows it, else native)")
     pull.add_argument("--no-unpack", action="store_true",
                       help="only download and verify the blobs")
+    pull.add_argument("--unpack-workers", metavar="N", type=int,
+                      help="layers unpacked into snapshots at once (default: CPU count)")
 
     for name, text in (("mount", "mount a stored image read-write at DIR (overlay)"),
                        ("bundle", "make an OCI runtime bundle: DIR/rootfs + DIR/config.json")):
@@ -166,6 +168,7 @@ def _pull(args: argparse.Namespace) -> int:
     client = Client(
         args.root, plain_http=args.plain_http, cert_dir=args.cert_dir, creds=args.creds,
         authfile=args.authfile, snapshotter=args.snapshotter,
+        unpack_workers=args.unpack_workers,
     )
     show_bars = not (args.json or args.quiet) and sys.stderr.isatty()
     options = {"rootfs": args.rootfs, "platform": args.platform,

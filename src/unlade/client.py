@@ -52,7 +52,8 @@ class Client:
     client certificates (``*.cert``/``*.key``), ``creds`` ("user:password" or
     :class:`Credentials`) overriding the auth files, ``authfile`` to read only that file.
     ``snapshotter`` is the default kind of snapshots: "overlayfs", "native", or "auto"
-    (overlayfs where the kernel and filesystem allow it, else native).
+    (overlayfs where the kernel and filesystem allow it, else native); ``unpack_workers``
+    how many layers of one image are unpacked at once (default: the CPU count).
 
     Every operation that creates or uses snapshots holds the store lock shared, and
     :meth:`prune` holds it exclusively, so prune never removes what a running pull, unpack
@@ -69,6 +70,7 @@ class Client:
         authfile: str | os.PathLike[str] | None = None,
         retry: RetryPolicy | None = None,
         snapshotter: str = "auto",
+        unpack_workers: int | None = None,
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.store = ContentStore(self.root)
@@ -78,6 +80,7 @@ class Client:
             raise StoreError(f"unknown snapshotter {snapshotter!r}; choose overlayfs, "
                              "native or auto")
         self.default_snapshotter = snapshotter
+        self.unpack_workers = unpack_workers
         if isinstance(creds, str):
             creds = parse_creds(creds)
         self.registry = RegistryClient(
@@ -115,6 +118,7 @@ class Client:
         snap = self.snapshotter(snapshotter) if unpack and rootfs is None else None
         with store_lock(self.root, exclusive=False):
             puller = Puller(self.store, self.registry, progress)
+            puller.unpack_workers = self.unpack_workers
             result = puller.pull(reference,
                                  rootfs=Path(rootfs).absolute() if rootfs is not None else None,
                                  platform=plat, snapshotter=snap)
@@ -179,7 +183,7 @@ class Client:
                                        label)
 
             items.append(ChainLayer(layer["chain_id"], opener, f"layer {i + 1}"))
-        unpacked = snap.unpack_chain(items)
+        unpacked = snap.unpack_chain(items, workers=self.unpack_workers)
         return [item.chain_id for item in items], unpacked
 
     def mount(self, ref: str, target: str | os.PathLike[str], *, writable: bool = True,

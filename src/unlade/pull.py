@@ -11,6 +11,7 @@ digest and diffID checked out; on any failure or Ctrl-C it is removed.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -169,6 +170,7 @@ class Puller:
         self.cancel = Cancellation()
         self.bytes_fetched = 0
         self.extra_blobs: list[str] = []  # stored but not part of the image (an index)
+        self.unpack_workers: int | None = None  # layers unpacked at once (None: CPU count)
         self._lock = threading.Lock()
 
     def _fetch_small(self, ref: Reference, digest: str, size: int) -> bytes:
@@ -314,7 +316,12 @@ class Puller:
     def _unpack(
         self, ref: Reference, layers: list[Layer], rootfs: Path, result: PullResult
     ) -> None:
+        _sweep_stale_work(rootfs)
         work = Path(tempfile.mkdtemp(prefix=f".{rootfs.name}.unlade-", dir=rootfs.parent))
+        # Held while we work: a later pull to the same target tells our directory (busy)
+        # from one a killed pull left (lock free, removed).
+        held = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(held, fcntl.LOCK_EX)
         try:
             # mkdtemp's 0700 stays: an image's device nodes and setuid files must not be
             # reachable by other users through a world-readable rootfs.
@@ -331,6 +338,7 @@ class Puller:
         finally:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
+            os.close(held)
 
     def _unpack_snapshots(
         self, ref: Reference, layers: list[Layer], snapshotter: Snapshotter,
@@ -356,7 +364,8 @@ class Puller:
                     return VerifyingStream.of(raw, layer.compression, layer.diff_id, label)
 
                 items.append(ChainLayer(chain, opener, _label(i, layer)))
-            done = snapshotter.unpack_chain(items, abort=self.cancel.cancel)
+            done = snapshotter.unpack_chain(items, workers=self.unpack_workers,
+                                            abort=self.cancel.cancel)
             for _, future in started.values():
                 future.result()
         for i, item in enumerate(items):
@@ -391,6 +400,31 @@ class Puller:
         finally:
             raw.close()
 
+
+
+def _sweep_stale_work(rootfs: Path) -> None:
+    """Remove the hidden work directories (``.NAME.unlade-*``) that pulls to ``rootfs``
+    killed with SIGKILL left beside it: those whose lock nobody holds."""
+    try:
+        names = os.listdir(rootfs.parent)
+    except OSError:
+        return
+    prefix = f".{rootfs.name}.unlade-"
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        path = rootfs.parent / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a running pull's
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class VerifyingStream:

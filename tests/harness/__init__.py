@@ -7,6 +7,8 @@ Modules:
 * :mod:`harness.tree` -- snapshot and compare unpacked root filesystems.
 * :mod:`harness.umoci` -- reference unpacking with ``umoci``.
 * :mod:`harness.tools` -- skip-or-fail helpers for missing external tools.
+* :mod:`harness.faultproxy` -- a misbehaving proxy in front of a registry (counts requests).
+* :mod:`harness.storecheck` -- inspect a store from outside; run ``unlade`` in the background.
 * :mod:`harness.protocols` -- call signatures of the factory fixtures (type hints).
 
 Import as ``from harness import images`` (``tests/`` is on ``sys.path`` via rootdir conftest).

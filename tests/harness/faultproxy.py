@@ -121,8 +121,8 @@ class FaultProxy:
 
     def _pump(self, src: socket.socket, dst: socket.socket, state: dict[str, object],
               upstream: bool) -> None:
-        src.settimeout(0.5)
         try:
+            src.settimeout(0.5)  # in the try: the other direction may have closed it already
             while not self._stop.is_set():
                 try:
                     data = src.recv(65536)

@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -137,23 +137,6 @@ def still_to_fetch(root: Path, layers: Iterable[tuple[str, int]]) -> dict[str, i
         have = part_size(root, digest)
         todo[digest] = size - (have if have <= size else 0)
     return todo
-
-
-def pids_holding(paths: Sequence[Path], pid: int) -> bool:
-    """Whether process ``pid`` has any of ``paths`` open (by /proc/PID/fd)."""
-    wanted = {os.path.realpath(p) for p in paths}
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except FileNotFoundError:
-        return False
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target in wanted:
-            return True
-    return False
 
 
 def open_ingest_locks(root: Path, pid: int) -> list[str]:
