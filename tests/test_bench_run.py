@@ -91,7 +91,9 @@ def test_report_from_records(tmp_path: Path) -> None:
     records = [rec("unlade", "pull", 1.0, 30 << 20), rec("containerd", "pull", 2.0, 60 << 20),
                rec("unlade", "pull", 3.0, 31 << 20), rec("containerd", "pull", 9.0, 1, False),
                rec("skopeo", "pull", 0.5, 20 << 20), rec("unlade", "unpack", 0.5, 29 << 20),
-               rec("containerd", "unpack", 1.0, 58 << 20), rec("limit", "unpack", 0.25, 4 << 20)]
+               rec("containerd", "unpack", 1.0, 58 << 20), rec("limit", "unpack", 0.25, 4 << 20),
+               rec("unlade-snap", "pull", 1.5, 40 << 20),
+               rec("unlade-snap", "unpack", 0.4, 35 << 20)]
     doc = report.build_document(
         started=dt.datetime.now(dt.UTC), image_ref="r", image_info=None,
         facts={"reference": "r", "layers": [{}], "compressed_bytes": 10 << 20,
@@ -99,22 +101,32 @@ def test_report_from_records(tmp_path: Path) -> None:
         machine={"cpu_model": "cpu", "cores": 2, "memory_bytes": 1 << 30, "kernel": "k",
                  "fs_type": "ext4"},
         versions={"unlade": "0"}, tmpfs=False, runs=2, tools=["unlade", "containerd"],
-        phases=["pull", "unpack"], records=records, heaps={"pull": 1 << 20})
+        phases=["pull", "unpack"], records=records, heaps={"pull": 1 << 20},
+        tool_heaps={"unlade-snap": {"pull": 2 << 20, "unpack": 3 << 20}})
     pull = doc["summary"]["pull"]
     assert pull["unlade"]["wall_s"] == {"median": 2.0, "min": 1.0, "max": 3.0}
     assert pull["containerd"]["valid_runs"] == 1  # the invalid run does not count
     assert pull["unlade"]["peak_python_heap_bytes"] == 1 << 20
     assert doc["ratios"]["pull"]["unlade"]["wall_s"] == 1.0
     assert doc["ratios"]["unpack"]["limit"]["wall_s"] == 0.25
+    assert list(pull) == ["unlade", "unlade-snap", "containerd", "skopeo"]  # report order
+    assert pull["unlade-snap"]["peak_python_heap_bytes"] == 2 << 20
+    assert doc["summary"]["unpack"]["unlade-snap"]["peak_python_heap_bytes"] == 3 << 20
+    assert "peak_python_heap_bytes" not in pull["containerd"]
+    assert doc["ratios"]["pull"]["unlade-snap"]["wall_s"] == 0.75
+    assert doc["ratios"]["unpack"]["unlade-snap"]["peak_rss_bytes"] == round(35 / 58, 3)
     written = report.write_all(doc, tmp_path)
     assert {p.name for p in written} == {"results.json", "results.md", "results.png"}
-    assert "| unlade |" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert "| unlade |" in md and md.count("| unlade-snap |") == 2
+    assert "0.75×" in md
 
 
 @pytest.mark.root
 @pytest.mark.tools
 def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
-    """One run each of unlade, containerd and the tar limit, both phases, on a tiny image."""
+    """One run each of unlade (flat rootfs and snapshots), containerd and the tar limit,
+    both phases, on a tiny image."""
     require_tool("containerd", "ctr", "unpigz", "skopeo")
     require_module("psutil")
     require_module("matplotlib")
@@ -125,7 +137,8 @@ def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
     lines: list[str] = []
     out = tmp_path / "out"
     doc = run_benchmark(ref, {"layout": layout, "tag": "v1"}, runs=1,
-                        tools=["unlade", "containerd", "limit"], phases=["pull", "unpack"],
+                        tools=["unlade", "unlade-snap", "containerd", "limit"],
+                        phases=["pull", "unpack"],
                         output=out, tmpfs=False, log=lines.append, workdir=tmp_path / "work")
 
     saved = json.loads((out / "results.json").read_text())
@@ -144,8 +157,9 @@ def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
 
     runs = saved["runs"]
     assert sorted((r["phase"], r["tool"]) for r in runs) == [
-        ("pull", "containerd"), ("pull", "unlade"),
-        ("unpack", "containerd"), ("unpack", "limit"), ("unpack", "unlade")]
+        ("pull", "containerd"), ("pull", "unlade"), ("pull", "unlade-snap"),
+        ("unpack", "containerd"), ("unpack", "limit"), ("unpack", "unlade"),
+        ("unpack", "unlade-snap")]
     for r in runs:
         check = r["check"]
         assert r["valid"], (r["tool"], r["phase"], r["error"], check)
@@ -159,13 +173,22 @@ def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
     for phase in ("pull", "unpack"):
         roles = {p["role"] for p in by[(phase, "containerd")]["processes"]}
         assert {"command", "daemon"} <= roles
-        assert saved["ratios"][phase]["unlade"]["wall_s"] is not None
-        assert saved["summary"][phase]["unlade"]["peak_python_heap_bytes"] > 0
+        for tool in ("unlade", "unlade-snap"):
+            assert saved["ratios"][phase][tool]["wall_s"] is not None
+            assert saved["summary"][phase][tool]["peak_python_heap_bytes"] > 0
+        snap = by[(phase, "unlade-snap")]
+        argv = snap["commands"][0][0]
+        assert argv[argv.index("pull"):] == [
+            "pull", "--plain-http", "-q", "--snapshotter", "overlayfs", ref]
+        assert "--rootfs" not in argv
+        assert snap["check"]["entries"] == 48  # through the mount: whiteouts applied
     assert saved["summary"]["unpack"]["limit"]["valid_runs"] == 1
 
-    assert (out / "results.md").read_text().count("| containerd |") == 2
+    md = (out / "results.md").read_text()
+    assert md.count("| containerd |") == 2 and md.count("| unlade-snap |") == 2
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sum(" run 1/1 " in line for line in lines) == 5  # one progress line per run
+    assert sum(" run 1/1 " in line for line in lines) == 7  # one progress line per run
+    assert sum(" heap " in line and line.endswith("(ok)") for line in lines) == 4
     assert not (tmp_path / "work").exists()
     mounts = subprocess.run(["cat", "/proc/self/mountinfo"], capture_output=True,
                             text=True).stdout

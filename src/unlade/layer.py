@@ -797,7 +797,9 @@ class _Applier:
         self.fs = rootfs
         self.ov = rootfs if isinstance(rootfs, _OverlayFS) else None
         self.stats = LayerStats()
-        self.unpacked: set[tuple[str, ...]] = set()
+        # names this layer unpacked, per directory (for opaque sweeps): the parent tuple is
+        # the resolver's own, so an entry costs its name, not a path tuple of its own
+        self.unpacked: dict[tuple[str, ...], set[str]] = {}
         self.dirs: list[tuple[str, int, int]] = []
         self.stream_failed = False  # the failure came from reading, not from applying
 
@@ -831,7 +833,6 @@ class _Applier:
         fs = self.fs
         parent = fs.resolve_dir(ppath, create=True)
         pfd = fs.fd(parent)
-        path = (*parent, base)
 
         if base.startswith(WHITEOUT_PREFIX):
             self._whiteout(parent, base)
@@ -872,7 +873,10 @@ class _Applier:
         finally:
             if fd >= 0:
                 os.close(fd)
-        self.unpacked.add(path)
+        names = self.unpacked.get(parent)
+        if names is None:
+            names = self.unpacked[parent] = set()
+        names.add(base)
 
     def _overlay_replace(
         self, ov: _OverlayFS, entry: Entry, parent: tuple[str, ...], base: str
@@ -1052,12 +1056,12 @@ class _Applier:
         """Remove below ``parent`` what this layer did not unpack (containerd's walk)."""
 
         def sweep(canon: tuple[str, ...]) -> None:
+            kept = self.unpacked.get(canon, ())
             for name, is_dir in _scandir(self.fs.fd(canon)):
-                path = (*canon, name)
-                if path not in self.unpacked:
+                if name not in kept:
                     self._remove(canon, name)
                 elif is_dir:
-                    sweep(path)
+                    sweep((*canon, name))
 
         sweep(parent)
 

@@ -17,7 +17,7 @@ from typing import BinaryIO
 from .errors import MalformedLayer, TruncatedLayer
 
 BLOCK = 512
-READ_SIZE = 1 << 20
+READ_SIZE = 1 << 18
 MAX_SPECIAL = 1 << 20  # PAX records and GNU long names, as Go's archive/tar limits them
 
 REG, HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO = "0", "1", "2", "3", "4", "5", "6"

@@ -51,7 +51,8 @@
         "wall_s" | "cpu_s" | "peak_rss_bytes" | "peak_rss_sampled_bytes" |
         "peak_cpu_percent" | "peak_procs" | "peak_threads" | "compressed_mib_s" |
         "unpacked_mib_s": {"median", "min", "max"} | null,   # over valid runs
-        "peak_python_heap_bytes": int | null   # unlade only: one extra tracemalloc run
+        "peak_python_heap_bytes": int | null   # unlade and unlade-snap only: one extra
+                                               # tracemalloc run
       }}},
       "ratios": {PHASE: {TOOL: {"wall_s", "cpu_s", "peak_rss_bytes": float | null}}}
                                         # median(TOOL) / median(containerd)
@@ -67,7 +68,7 @@ import datetime as _dt
 import json
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,20 @@ SCHEMA = "unlade-bench/1"
 METRICS = ("wall_s", "cpu_s", "peak_rss_bytes", "peak_rss_sampled_bytes", "peak_cpu_percent",
            "peak_procs", "peak_threads", "compressed_mib_s", "unpacked_mib_s")
 RATIO_METRICS = ("wall_s", "cpu_s", "peak_rss_bytes")
-TOOL_ORDER = ("unlade", "containerd", "umoci", "skopeo", "limit")
-COLORS = {"unlade": "#1f77b4", "containerd": "#d62728", "umoci": "#2ca02c",
-          "skopeo": "#9467bd", "limit": "#7f7f7f"}
+TOOL_ORDER = ("unlade", "unlade-snap", "containerd", "umoci", "skopeo", "limit")
+COLORS = {"unlade": "#1f77b4", "unlade-snap": "#17becf", "containerd": "#d62728",
+          "umoci": "#2ca02c", "skopeo": "#9467bd", "limit": "#7f7f7f"}
+#: What each tool's result is, for the notes of ``results.md``.
+TOOL_NOTES = {
+    "unlade": "a flat rootfs (`--rootfs DIR`)",
+    "unlade-snap": "one overlayfs snapshot per layer, layers unpacked in parallel "
+                   "(`--snapshotter overlayfs`, no `--rootfs`): like for like with containerd",
+    "containerd": "one overlayfs snapshot per layer (private containerd 1.6 daemon, `ctr`)",
+    "umoci": "a flat rootfs from an OCI layout written by `skopeo copy`",
+    "skopeo": "the blobs in an OCI layout (download only, nothing unpacked)",
+    "limit": "`unpigz -dc | tar -x` of each layer from local blobs: what the disk and "
+             "decompressor allow",
+}
 MiB = 1 << 20
 
 
@@ -104,10 +116,13 @@ def _stats(values: Sequence[float]) -> dict[str, float] | None:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def summarize(records: Sequence[dict[str, Any]], heaps: dict[str, int | None] | None = None
+def summarize(records: Sequence[dict[str, Any]], heaps: dict[str, int | None] | None = None,
+              tool_heaps: Mapping[str, Mapping[str, int | None]] | None = None,
               ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(summary, ratios) of the timed runs; only valid runs count."""
+    """(summary, ratios) of the timed runs; only valid runs count. ``heaps``: unlade's peak
+    Python heap by phase; ``tool_heaps``: other tools' (unlade-snap), by tool and phase."""
     heaps = heaps or {}
+    tool_heaps = tool_heaps or {}
     summary: dict[str, dict[str, Any]] = {}
     for rec in records:
         if rec.get("kind", "timed") != "timed":
@@ -125,6 +140,8 @@ def summarize(records: Sequence[dict[str, Any]], heaps: dict[str, int | None] | 
                 entry[m] = _stats([r[m] for r in valid if r.get(m) is not None])
             if tool == "unlade":
                 entry["peak_python_heap_bytes"] = heaps.get(phase)
+            elif tool in tool_heaps:
+                entry["peak_python_heap_bytes"] = tool_heaps[tool].get(phase)
             out[phase][tool] = entry
     ratios: dict[str, Any] = {}
     for phase, by_tool in out.items():
@@ -148,11 +165,13 @@ def build_document(*, started: _dt.datetime, image_ref: str, image_info: Any,
                    facts: dict[str, Any], machine: dict[str, Any],
                    versions: dict[str, Any], tmpfs: bool, runs: int, tools: list[str],
                    phases: list[str], records: list[dict[str, Any]],
-                   heaps: dict[str, int | None]) -> dict[str, Any]:
+                   heaps: dict[str, int | None],
+                   tool_heaps: Mapping[str, Mapping[str, int | None]] | None = None,
+                   ) -> dict[str, Any]:
     """The ``results.json`` document (see the module docstring)."""
     for rec in records:
         rec.setdefault("kind", "timed")
-    summary, ratios = summarize(records, heaps)
+    summary, ratios = summarize(records, heaps, tool_heaps)
     image = dict(facts)
     image["builder"] = _jsonable(image_info) if image_info is not None else None
     return {
@@ -243,6 +262,10 @@ def markdown(doc: dict[str, Any]) -> str:
            "(min–max) over valid runs. Page cache dropped before every run. Peak RSS is the "
            "sum of the per-process peaks of the tool's process tree (containerd: daemon + ctr "
            "+ unpigz).", ""]
+    shown = sorted({t for p in doc["summary"].values() for t in p}, key=_tool_key)
+    notes = [f"- {t}: {TOOL_NOTES[t]}" for t in shown if t in TOOL_NOTES]
+    if notes:
+        out += ["What each tool leaves:", "", *notes, ""]
     for phase in doc["settings"]["phases"]:
         rows = table_rows(doc, phase)
         out += [f"## {phase}", "", "| " + " | ".join(rows[0]) + " |",
@@ -280,7 +303,9 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
     phases = [p for p in doc["settings"]["phases"] if doc["summary"].get(p)]
     ncols = max(1, len(phases))
-    fig, axes = plt.subplots(2, ncols, figsize=(5.2 * ncols, 7.2), squeeze=False)
+    bars_max = max((len(doc["summary"][p]) for p in phases), default=1)
+    fig, axes = plt.subplots(2, ncols, figsize=(max(5.2, 1.25 * bars_max) * ncols, 7.2),
+                             squeeze=False)
     metrics = (("wall_s", 1.0, "wall time (s)", "{:.2f} s"),
                ("peak_rss_bytes", MiB, "peak RSS, process tree (MiB)", "{:.0f} MiB"))
     for col, phase in enumerate(phases):

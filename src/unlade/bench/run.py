@@ -1,5 +1,6 @@
-"""``unlade bench run``: pull and unpack one image with unlade, containerd, umoci and skopeo,
-measured the same way for every tool, and report medians (see :mod:`unlade.bench.report`).
+"""``unlade bench run``: pull and unpack one image with unlade (into a flat rootfs, and into
+overlayfs snapshots), containerd, umoci and skopeo, measured the same way for every tool,
+and report medians (see :mod:`unlade.bench.report`).
 
 Entry points: :func:`run_benchmark` (library), :func:`add_run_arguments` and
 :func:`run_command` (for ``unlade bench run``), :func:`main` (``python -m unlade.bench.run``).
@@ -11,6 +12,9 @@ What one run of a tool is (every one needs root):
   command to a complete unpacked image.
 
   - unlade: ``python -m unlade --root STORE pull --plain-http -q REF --rootfs DIR``
+  - unlade-snap: ``python -m unlade --root STORE pull --plain-http -q --snapshotter
+    overlayfs REF``: each layer into an overlayfs snapshot of its own, layers unpacked in
+    parallel (the like-for-like comparison with containerd)
   - containerd: a fresh private daemon (see :class:`Containerd`), then
     ``ctr images pull --plain-http --snapshotter overlayfs REF``
   - umoci: ``skopeo copy docker://REF oci:LAYOUT:bench`` then
@@ -22,6 +26,9 @@ What one run of a tool is (every one needs root):
 
   - unlade: the same pull with the store kept, into a fresh ``--rootfs`` (blobs are read
     from the store; only the manifest is fetched again)
+  - unlade-snap: the same pull into a fresh copy of a store holding only the blobs (made
+    untimed with ``pull --no-unpack``; the copy hardlinks the blobs and copies ``meta.db``),
+    so that no snapshot exists before the run and every layer is unpacked
   - containerd: the image's snapshots are deleted, content kept (the config's
     ``gc.ref.snapshot`` label is dropped and the GC run, see :meth:`Containerd.drop_unpacked`;
     ``ctr snapshots rm`` fails once the GC has taken part of the chain), then
@@ -47,13 +54,15 @@ Figures of a run:
   largest command's tree counts.
 - ``peak_rss_sampled_bytes``, ``peak_cpu_percent``, ``peak_procs``, ``peak_threads`` and
   the ``samples`` time series come from :class:`unlade.bench.sample.TreeSampler`.
-- unlade also gets one extra, untimed run per phase under ``tracemalloc``:
+- unlade and unlade-snap also get one extra, untimed run per phase under ``tracemalloc``:
   ``peak_python_heap_bytes``.
 
 A run counts only if its result has the expected number of entries and regular-file bytes
 (computed from the layers by replaying them, whiteouts included). containerd's result is
 checked through ``ctr images mount`` (a read-only view of the top snapshot, which must
-exist already), walked, then ``ctr images unmount --rm``.
+exist already), walked, then ``ctr images unmount --rm``; unlade-snap's likewise through
+``unlade mount`` (once every layer's snapshot is recorded committed, so that the mount
+unpacks nothing itself), walked, then ``unlade unmount``.
 """
 
 from __future__ import annotations
@@ -79,12 +88,12 @@ from typing import Any
 from ..manifest import chain_ids
 from .sample import TreeSampler, cpu_times_total, vm_hwm
 
-TOOLS = ("unlade", "containerd", "umoci", "skopeo", "limit")
+TOOLS = ("unlade", "unlade-snap", "containerd", "umoci", "skopeo", "limit")
 DEFAULT_TOOLS = TOOLS
 PHASES = ("pull", "unpack")
 #: Which phases each tool takes part in.
 TOOL_PHASES: dict[str, tuple[str, ...]] = {
-    "unlade": PHASES, "containerd": PHASES, "umoci": PHASES,
+    "unlade": PHASES, "unlade-snap": PHASES, "containerd": PHASES, "umoci": PHASES,
     "skopeo": ("pull",), "limit": ("unpack",),
 }
 DOWNLOAD_ONLY = frozenset({"skopeo"})
@@ -972,48 +981,187 @@ def _unlade_env(base: Mapping[str, str]) -> dict[str, str]:
 
 
 class UnladeTool(Tool):
+    """``unlade pull --rootfs DIR``: a flat rootfs (the unpack phase reads the blobs from
+    the store :func:`inspect_image` filled)."""
+
     name = "unlade"
 
-    def argv(self, store: Path, rootfs: Path, *, prefix: Sequence[str] = ("-m", "unlade")
+    def pull_args(self, store: Path, target: Path) -> list[str]:
+        """unlade's command line (after ``python -m unlade``) for one run."""
+        return ["--root", str(store), "pull", "--plain-http", "-q", self.ctx.ref,
+                "--rootfs", str(target)]
+
+    def argv(self, store: Path, target: Path, *, prefix: Sequence[str] = ("-m", "unlade")
              ) -> list[str]:
-        return [sys.executable, *prefix, "--root", str(store), "pull", "--plain-http", "-q",
-                self.ctx.ref, "--rootfs", str(rootfs)]
+        return [sys.executable, *prefix, *self.pull_args(store, target)]
+
+    def store_for(self, phase: str) -> Path:
+        """The store of one run: empty for a pull, the blobs already in for an unpack."""
+        return self.ctx.unlade_store if phase == "unpack" else self.fresh("store")
+
+    def target(self) -> Path:
+        """Where the run's result goes (absent)."""
+        return self.fresh("rootfs")
+
+    def check(self, store: Path, target: Path) -> Check:
+        return check_tree(target, self.ctx.facts)
+
+    def cleanup(self, phase: str, store: Path, target: Path) -> None:
+        remove_tree(target)
+        if store != self.ctx.unlade_store:
+            remove_tree(store)
 
     def run(self, phase: str, index: int) -> tuple[Measurement, Check, list[list[list[str]]]]:
-        store = self.ctx.unlade_store if phase == "unpack" else self.fresh("store")
-        rootfs = self.fresh("rootfs")
-        steps = [[self.argv(store, rootfs)]]
-        m = self._measure(steps, _unlade_env(self.ctx.base_env))
-        check = check_tree(rootfs, self.ctx.facts)
-        remove_tree(rootfs)
-        if phase == "pull":
-            remove_tree(store)
+        store = self.store_for(phase)
+        target = self.target()
+        steps = [[self.argv(store, target)]]
+        try:
+            m = self._measure(steps, _unlade_env(self.ctx.base_env))
+            check = self.check(store, target)
+        finally:
+            self.cleanup(phase, store, target)
         return m, check, steps
 
     def heap_run(self, phase: str) -> tuple[int | None, Check]:
         """One untimed run under tracemalloc: the peak of Python's heap (bytes)."""
-        store = self.ctx.unlade_store if phase == "unpack" else self.fresh("store")
-        rootfs = self.fresh("rootfs")
+        store = self.store_for(phase)
+        target = self.target()
         out = self.dir / "heap.txt"
+        out.unlink(missing_ok=True)
         wrapper = ("import sys, tracemalloc\ntracemalloc.start()\n"
                    "from unlade.cli import main\nrc = 1\n"
                    "try:\n    rc = main(sys.argv[2:])\nfinally:\n"
                    "    open(sys.argv[1], 'w').write(str(tracemalloc.get_traced_memory()[1]))\n"
                    "sys.exit(rc)\n")
-        argv = [sys.executable, "-c", wrapper, str(out),
-                *self.argv(store, rootfs, prefix=())[1:]]
-        if phase == "pull":
-            drop_caches()
-        p = subprocess.run(argv, env=_unlade_env(self.ctx.base_env), capture_output=True,
-                           text=True, timeout=self.ctx.timeout)
-        check = check_tree(rootfs, self.ctx.facts)
-        if p.returncode != 0:
-            check = Check(False, check.entries, check.file_bytes, p.stderr.strip()[-300:])
-        heap = int(out.read_text()) if out.exists() else None
-        remove_tree(rootfs)
-        if phase == "pull":
-            remove_tree(store)
+        argv = [sys.executable, "-c", wrapper, str(out), *self.pull_args(store, target)]
+        try:
+            if phase == "pull":
+                drop_caches()
+            p = subprocess.run(argv, env=_unlade_env(self.ctx.base_env), capture_output=True,
+                               text=True, timeout=self.ctx.timeout)
+            check = self.check(store, target)
+            if p.returncode != 0:
+                check = Check(False, check.entries, check.file_bytes, p.stderr.strip()[-300:])
+            heap = int(out.read_text()) if out.exists() else None
+        finally:
+            self.cleanup(phase, store, target)
         return heap, check
+
+
+def check_mounted(mount: contextlib.AbstractContextManager[Path], facts: ImageFacts) -> Check:
+    """:func:`check_tree` of an image mounted by ``mount`` (a context manager yielding the
+    mount point and raising :class:`BenchError` when it cannot mount)."""
+    try:
+        with mount as mnt:
+            return check_tree(mnt, facts)
+    except BenchError as err:
+        return Check(False, None, None, f"cannot mount the image: {err}"[:300])
+
+
+def _copy_store(src: Path, dst: Path) -> None:
+    """A copy of the unlade store ``src`` (not in use) at the absent ``dst``: blobs
+    hardlinked (unlade never writes a committed blob), everything else (``meta.db``, locks)
+    copied, so that ``dst`` evolves on its own."""
+    blobs = src / "blobs"
+
+    def link_or_copy(s: str, d: str) -> None:
+        if Path(s).is_relative_to(blobs):
+            os.link(s, d)
+        else:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, symlinks=True, copy_function=link_or_copy)
+
+
+class UnladeSnapTool(UnladeTool):
+    """``unlade pull --snapshotter overlayfs`` (no ``--rootfs``): every layer into an
+    overlayfs snapshot of its own, as containerd does; checked through ``unlade mount``.
+
+    The unpack phase pulls into a fresh copy of a store holding only the blobs (made once,
+    untimed, with ``pull --no-unpack``): no snapshot exists before a run, so every layer is
+    unpacked, and no blob is downloaded."""
+
+    name = "unlade-snap"
+
+    def __init__(self, ctx: Ctx) -> None:
+        super().__init__(ctx)
+        self.chain = chain_ids([la.diff_id for la in ctx.facts.layers])
+        self.template = self.dir / "store-blobs"
+
+    def pull_args(self, store: Path, target: Path) -> list[str]:
+        return ["--root", str(store), "pull", "--plain-http", "-q", "--snapshotter",
+                SNAPSHOTTER, self.ctx.ref]
+
+    def unlade(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m unlade ARGS`` (untimed)."""
+        p = subprocess.run([sys.executable, "-m", "unlade", *args],
+                           env=_unlade_env(self.ctx.base_env), capture_output=True, text=True,
+                           timeout=self.ctx.timeout, stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise BenchError(f"unlade {' '.join(args)} failed ({p.returncode}): "
+                             f"{(p.stderr or p.stdout).strip()[-500:]}")
+        return p
+
+    def snapshots(self, store: Path) -> dict[str, str]:
+        """chain ID -> state of every overlayfs snapshot recorded in ``store``."""
+        from ..metastore import MetaStore
+
+        if not (store / "meta.db").exists():
+            return {}
+        with MetaStore(store / "meta.db") as meta:
+            return {s.chain_id: s.state for s in meta.snapshots(SNAPSHOTTER)}
+
+    def setup(self, phase: str) -> None:
+        if phase != "unpack":
+            return
+        remove_tree(self.template)
+        self.unlade("--root", str(self.template), "pull", "--plain-http", "-q", "--no-unpack",
+                    self.ctx.ref)
+        left = self.snapshots(self.template)
+        if left or any(self.template.glob("snapshots-*")):
+            raise BenchError(f"pull --no-unpack left snapshots in {self.template}")
+
+    def teardown(self, phase: str) -> None:
+        remove_tree(self.template)
+
+    def close(self) -> None:
+        remove_tree(self.template)
+
+    def store_for(self, phase: str) -> Path:
+        store = self.fresh("store")
+        if phase == "unpack":
+            if not self.template.is_dir():
+                raise BenchError(f"no blobs-only store at {self.template}")
+            _copy_store(self.template, store)
+        return store
+
+    def target(self) -> Path:
+        return self.fresh("view")
+
+    @contextlib.contextmanager
+    def mounted_image(self, store: Path, where: Path) -> Iterator[Path]:
+        """``unlade mount`` the image at ``where``, provided every layer's snapshot is
+        committed (the mount would otherwise unpack what is missing itself); then
+        ``unlade unmount``."""
+        states = self.snapshots(store)
+        missing = [c for c in self.chain if states.get(c) != "committed"]
+        if missing:
+            raise BenchError(f"{len(missing)} of {len(self.chain)} layer snapshot(s) not "
+                             "committed: the image was not unpacked")
+        where.mkdir(parents=True, exist_ok=True)
+        self.unlade("--root", str(store), "mount", self.ctx.ref, str(where))
+        try:
+            yield where
+        finally:
+            self.unlade("--root", str(store), "unmount", str(where), check=False)
+            unmount_under(where)
+
+    def check(self, store: Path, target: Path) -> Check:
+        return check_mounted(self.mounted_image(store, target), self.ctx.facts)
+
+    def cleanup(self, phase: str, store: Path, target: Path) -> None:
+        remove_tree(target)
+        remove_tree(store)
 
 
 class ContainerdTool(Tool):
@@ -1030,11 +1178,8 @@ class ContainerdTool(Tool):
                           self.ctx.ref)
 
     def check(self, d: Containerd) -> Check:
-        try:
-            with d.mounted_image(self.ctx.ref, self.chain[-1], self.dir / "view") as mnt:
-                return check_tree(mnt, self.ctx.facts)
-        except BenchError as err:
-            return Check(False, None, None, f"cannot mount the image: {err}"[:300])
+        return check_mounted(d.mounted_image(self.ctx.ref, self.chain[-1], self.dir / "view"),
+                             self.ctx.facts)
 
     def setup(self, phase: str) -> None:
         if phase == "unpack":
@@ -1157,12 +1302,13 @@ class LimitTool(Tool):
 
 
 TOOL_CLASSES: dict[str, type[Tool]] = {
-    "unlade": UnladeTool, "containerd": ContainerdTool, "umoci": UmociTool,
-    "skopeo": SkopeoTool, "limit": LimitTool,
+    "unlade": UnladeTool, "unlade-snap": UnladeSnapTool, "containerd": ContainerdTool,
+    "umoci": UmociTool, "skopeo": SkopeoTool, "limit": LimitTool,
 }
 #: Executables each tool needs.
 TOOL_NEEDS: dict[str, tuple[str, ...]] = {
-    "unlade": (), "containerd": ("containerd", "ctr", "mount", "umount"),
+    "unlade": (), "unlade-snap": ("mount", "umount", "unshare"),
+    "containerd": ("containerd", "ctr", "mount", "umount"),
     "umoci": ("skopeo", "umoci"), "skopeo": ("skopeo",), "limit": ("tar", "unpigz"),
 }
 
@@ -1250,7 +1396,8 @@ def run_benchmark(
             f"{_mib(facts.file_bytes)} in files")
         ctx = Ctx(image_ref, facts, work, store, timeout, base_env)
         runners = {t: TOOL_CLASSES[t](ctx) for t in tools}
-        heaps: dict[str, int | None] = {}
+        heaps: dict[str, int | None] = {}  # unlade's, by phase
+        tool_heaps: dict[str, dict[str, int | None]] = {}  # the others', by tool and phase
         try:
             for phase in phases:
                 active = [t for t in tools if phase in TOOL_PHASES[t]]
@@ -1261,13 +1408,17 @@ def run_benchmark(
                         rec = _one_run(runners[t], phase, i, facts)
                         records.append(rec)
                         log(_progress_line(rec, runs))
-                if "unlade" in active:
-                    tool = runners["unlade"]
-                    assert isinstance(tool, UnladeTool)
+                for t in active:
+                    tool = runners[t]
+                    if not isinstance(tool, UnladeTool):
+                        continue
                     heap, check = tool.heap_run(phase)
-                    heaps[phase] = heap if check.ok else None
-                    log(f"{phase:<6} heap    unlade     peak Python heap "
-                        f"{_mib(heap or 0)} ({'ok' if check.ok else 'INVALID ' + check.detail})")
+                    if t == "unlade":
+                        heaps[phase] = heap if check.ok else None
+                    else:
+                        tool_heaps.setdefault(t, {})[phase] = heap if check.ok else None
+                    log(f"{phase:<6} heap    {t:<11} peak Python heap {_mib(heap or 0)} "
+                        f"({'ok' if check.ok else 'INVALID ' + check.detail})")
                 for t in active:
                     runners[t].teardown(phase)
         finally:
@@ -1277,7 +1428,7 @@ def run_benchmark(
     doc = report.build_document(
         started=started, image_ref=image_ref, image_info=image_info, facts=facts.to_json(),
         machine=machine, versions=tool_versions(), tmpfs=tmpfs, runs=runs, tools=list(tools),
-        phases=list(phases), records=records, heaps=heaps)
+        phases=list(phases), records=records, heaps=heaps, tool_heaps=tool_heaps)
     written = report.write_all(doc, out_dir)
     log(report.table_text(doc))
     log(f"bench: wrote {', '.join(str(p) for p in written)}")
@@ -1329,10 +1480,10 @@ def _one_run(tool: Tool, phase: str, index: int, facts: ImageFacts) -> dict[str,
 def _progress_line(rec: dict[str, Any], runs: int) -> str:
     state = "ok" if rec["valid"] else f"INVALID: {rec['error'] or rec['check']['detail']}"
     if rec["wall_s"] is None:
-        return f"{rec['phase']:<6} run {rec['index'] + 1}/{runs} {rec['tool']:<10} {state}"
+        return f"{rec['phase']:<6} run {rec['index'] + 1}/{runs} {rec['tool']:<11} {state}"
     rate = rec["unpacked_mib_s"] if rec["unpacked_mib_s"] is not None else rec[
         "compressed_mib_s"]
-    return (f"{rec['phase']:<6} run {rec['index'] + 1}/{runs} {rec['tool']:<10} "
+    return (f"{rec['phase']:<6} run {rec['index'] + 1}/{runs} {rec['tool']:<11} "
             f"{rec['wall_s']:7.3f} s {rate or 0:8.1f} MiB/s  cpu {rec['cpu_s']:6.2f} s  "
             f"peak {rec['peak_rss_bytes'] / MiB:7.1f} MiB  {state}")
 
@@ -1399,8 +1550,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="unlade bench run",
-                                     description="Benchmark unlade against containerd, "
-                                                 "umoci and skopeo.")
+                                     description="Benchmark unlade (flat rootfs and overlayfs "
+                                                 "snapshots) against containerd, umoci and "
+                                                 "skopeo.")
     add_run_arguments(parser)
     return run_command(parser.parse_args(argv))
 
