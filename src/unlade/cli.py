@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="one JSON document")
 
     bench = sub.add_parser("bench", add_help=False, help="benchmark against containerd "
-                           "(build-image, run; see `unlade bench --help`)")
+                           "(build-image, run, compare; see `unlade bench --help`)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # parsed by unlade.bench.cli
     return parser
 

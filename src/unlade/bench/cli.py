@@ -1,4 +1,4 @@
-"""``unlade bench``: build the benchmark image, run the benchmark.
+"""``unlade bench``: build the benchmark image, run the benchmark, compare two runs.
 
 Kept apart from :mod:`unlade.cli` so that ``unlade --help`` and ``unlade pull`` never
 import the benchmark's modules.
@@ -17,6 +17,7 @@ def _cache_default() -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .compare import add_compare_arguments
     from .run import add_run_arguments
 
     parser = argparse.ArgumentParser(
@@ -36,12 +37,25 @@ def _parser() -> argparse.ArgumentParser:
                          description="Run the benchmark: interleaved runs per tool and "
                                      "phase, medians and ratios to containerd.")
     add_run_arguments(run)
+    compare = sub.add_parser(
+        "compare", help="compare two results.json files (new/old ratios; never fails on "
+                        "timings)",
+        description="Compare two benchmark results of the same image: old and new medians "
+                    "and new/old per tool and phase (wall time, peak RSS, CPU, Python heap), "
+                    "and unlade/peer ratios of each run side by side. Changes beyond the "
+                    "threshold are marked; timings never change the exit code. Exit 1 when a "
+                    "file cannot be read or the images differ (unless --force).")
+    add_compare_arguments(compare)
     return parser
 
 
 def main(argv: list[str]) -> int:
     """``unlade bench ARGV``; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.bench_command == "compare":
+        from .compare import compare_command
+
+        return compare_command(args)
     if args.bench_command == "run":
         from .run import run_command
 
