@@ -12,7 +12,6 @@ too.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import posixpath
@@ -23,13 +22,14 @@ import tarfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from harness import images
 from harness.images import Entry, chardev, directory, file, hardlink, opaque, symlink, whiteout
 from harness.tree import Snapshot, assert_same_tree, diff
 from harness.tree import snapshot as tree_snapshot
-from test_layer_overlay import STACKS, flat_apply, mounted
+from test_layer_overlay import STACKS, assert_no_breakout_into_upper, flat_apply, mounted
 
 from unlade.errors import LayerError
 from unlade.layer import OPAQUE_XATTR, Speculate, Speculation, apply_layer
@@ -469,33 +469,10 @@ def test_breakout_suite_speculatively(case: object, tmp_path: Path) -> None:
     included), and only LayerError or Speculate escapes."""
     import test_layer_breakouts as tb
 
-    (tmp_path / "env").mkdir()
-    env = tb.make_env(tmp_path / "env")
-    for setup in case.setup:  # type: ignore[attr-defined]
-        setup(env)
-    data = case.raw(env) if case.raw else tb.build_tar(case.layer, env)  # type: ignore[attr-defined]
-    upper = tmp_path / "upper"
-    upper.mkdir()
-    before = tb.snapshot(env)
-    lower_before = tree_snapshot(env.root)
-    host_before = tb.host_state()
-    secrets = env.leak_contents
-    try:
-        stats = apply_layer(tb.Stream(data, case.chunk), upper, layer=tb.LABEL,  # type: ignore[attr-defined]
-                            whiteouts="overlay", speculative=True)
+    def apply(stream: BinaryIO, upper: Path, lower: Path) -> None:
+        stats = apply_layer(stream, upper, layer=tb.LABEL, whiteouts="overlay",
+                            speculative=True)
         assert stats.speculation is not None
-        stats.speculation.settle(upper, [env.root])
-    except (LayerError, Speculate) as err:
-        assert tb.LABEL in str(err) and "\n" not in str(err)
-    canaries = [p for p in env.canaries if os.path.lexists(p)]
-    for p in canaries:
-        p.unlink()
-    after = tb.snapshot(env)
-    problems = tb.snapshot_diff(before, after)
-    problems += [f"created on the host: {p}" for p in canaries]
-    problems += [f"host {k} changed" for k, v in tb.host_state().items() if host_before[k] != v]
-    problems += [f"outside content leaked: {p}"
-                 for p in tb.leaked_files(dataclasses.replace(env, root=upper), secrets)]
-    if tree_snapshot(env.root) != lower_before:
-        problems.append("the lower layer changed")
-    assert not problems, "BREAKOUT:\n" + "\n".join(problems)
+        stats.speculation.settle(upper, [lower])
+
+    assert_no_breakout_into_upper(case, tmp_path, apply, (LayerError, Speculate))
