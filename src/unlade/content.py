@@ -380,9 +380,11 @@ class BlobWriter:
         """Wait until there is more than ``reader`` has read (or the end); open its file
         once there is one. Returns how many bytes are readable."""
         with self._cond:
-            while not self._done and self._error is None and (
+            while not self._done and self._error is None and not reader._abandoned and (
                     self._fd < 0 or self._readable <= reader._pos):
                 self._cond.wait()
+            if reader._abandoned:
+                raise StoreError(f"blob {self.digest}: reader closed")
             if self._error is not None:
                 self._raise_error()
             if reader._fd < 0:
@@ -397,6 +399,7 @@ class _FollowReader:
         self._fd = -1
         self._pos = 0
         self._closed = False
+        self._abandoned = False
 
     def read(self, n: int = -1) -> bytes:
         if self._closed:
@@ -422,6 +425,12 @@ class _FollowReader:
 
     def readable(self) -> bool:
         return True
+
+    def abandon(self) -> None:
+        """Make a read waiting for more bytes (in another thread) give up now."""
+        with self._writer._cond:
+            self._abandoned = True
+            self._writer._cond.notify_all()
 
     def close(self) -> None:
         self._closed = True

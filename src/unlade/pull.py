@@ -21,10 +21,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from .content import BlobWriter, ContentStore
-from .decompress import CORRUPT_DATA_ERRORS, open_decompressed
+from .decompress import CORRUPT_DATA_ERRORS, BackgroundHash, ReadAhead, open_decompressed
 from .errors import (
     DigestMismatch,
     Interrupted,
@@ -48,6 +48,7 @@ from .manifest import (
 )
 from .reference import Reference
 from .registry import Cancellation, RegistryClient
+from .tarstream import READ_SIZE
 
 if TYPE_CHECKING:
     from .snapshot import Snapshotter
@@ -116,10 +117,11 @@ class PullResult:
 class _Hashing:
     """Hash what passes through; turn decompressor failures into layer errors."""
 
-    def __init__(self, src: BinaryIO, compression: str, algorithm: str = "sha256") -> None:
+    def __init__(self, src: BinaryIO, compression: str, algorithm: str = "sha256",
+                 *, background: bool = False) -> None:
         self._src = src
         self._compression = compression
-        self.hash = hashlib.new(algorithm)
+        self.hash: Any = BackgroundHash(algorithm) if background else hashlib.new(algorithm)
 
     def read(self, n: int = -1) -> bytes:
         try:
@@ -381,25 +383,18 @@ class Puller:
         label = _label(index, layer)
         raw: BinaryIO = writer.follow() if writer is not None \
             else self.store.open(layer.descriptor.digest)  # type: ignore[assignment]
+        stream = VerifyingStream.of(raw, layer.compression, layer.diff_id, label)
         try:
-            algo = layer.diff_id.partition(":")[0]
-            stream = _Hashing(open_decompressed(raw, layer.compression), layer.compression, algo)
             try:
                 stats = apply_layer(stream, root, layer=label)  # type: ignore[arg-type]
-                stream.drain()
             except LayerError as err:
                 if str(err).startswith(label):
                     raise
                 raise type(err)(f"{label}: {err}") from None
-            diff_id = f"{algo}:{stream.hash.hexdigest()}"
-            if diff_id != layer.diff_id:
-                raise DigestMismatch(
-                    f"{label}: diffID mismatch: config says {layer.diff_id}, content is {diff_id}"
-                )
+            stream.finish()
             return stats.entries, stats.file_bytes
         finally:
-            raw.close()
-
+            stream.release()
 
 
 def _sweep_stale_work(rootfs: Path) -> None:
@@ -452,9 +447,13 @@ class VerifyingStream:
         self._diff_id = diff_id
         self._label = label
         self._algo = diff_id.partition(":")[0]
+        self._finished = False
         try:
-            self._stream = _Hashing(open_decompressed(raw, compression), compression,
-                                    self._algo)
+            self._hashing = _Hashing(open_decompressed(raw, compression), compression,
+                                     self._algo, background=True)
+            # Inflate and hash on a thread of their own, so the applier gets the other core.
+            self._stream = ReadAhead(self._hashing.read, chunk=READ_SIZE,
+                                     interrupt=getattr(raw, "abandon", None))
         except BaseException:
             raw.close()
             raise
@@ -462,12 +461,28 @@ class VerifyingStream:
     def read(self, size: int = -1, /) -> bytes:
         return self._stream.read(size)
 
+    def finish(self) -> None:
+        """Read to the end and check the diffID; a mismatch raises."""
+        if self._finished:
+            return
+        while self._stream.read(READ_SIZE):
+            pass
+        self._finished = True
+        actual = f"{self._algo}:{self._hashing.hash.hexdigest()}"
+        if actual != self._diff_id:
+            raise DigestMismatch(f"{self._label}: diffID mismatch: config says "
+                                 f"{self._diff_id}, content is {actual}")
+
     def close(self) -> None:
+        """Verify (as :meth:`finish`) and release the blob; the snapshotter closes every
+        stream it applied, so this is where its diffID is checked."""
         try:
-            self._stream.drain()
-            actual = f"{self._algo}:{self._stream.hash.hexdigest()}"
-            if actual != self._diff_id:
-                raise DigestMismatch(f"{self._label}: diffID mismatch: config says "
-                                     f"{self._diff_id}, content is {actual}")
+            self.finish()
         finally:
-            self._raw.close()
+            self.release()
+
+    def release(self) -> None:
+        """Stop reading and release the blob, without verifying."""
+        self._stream.close()
+        self._hashing.hash.close()
+        self._raw.close()
