@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from unlade.content import ContentStore
-from unlade.decompress import GZIP, BackgroundHash, ReadAhead, open_decompressed
+from unlade.decompress import ReadAhead
 from unlade.errors import DigestMismatch, MalformedLayer, StoreError, TruncatedLayer
 from unlade.pull import VerifyingStream
 
@@ -23,59 +23,92 @@ def _threads(prefix: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(prefix)]
 
 
+class _Short(io.RawIOBase):
+    """A source that returns at most ``most`` bytes per readinto (as pipes and gzip
+    member ends do)."""
+
+    def __init__(self, data: bytes, most: int) -> None:
+        self._src = io.BytesIO(data)
+        self._most = most
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        return self._src.readinto(buf[: self._most])
+
+
 @pytest.mark.parametrize("size", [0, 1, 1 << 18, (1 << 20) + 7])
 @pytest.mark.parametrize("want", [1, 512, 1 << 18, 1 << 20])
-def test_readahead_returns_the_same_bytes_whatever_the_read_sizes(size: int, want: int) -> None:
+def test_readahead_returns_the_same_bytes_and_hash_whatever_the_sizes(size: int,
+                                                                      want: int) -> None:
     data = os.urandom(size)
-    src = io.BytesIO(data)
-    ahead = ReadAhead(src.read, chunk=1 << 16, depth=3)
+    ahead = ReadAhead(_Short(data, 40_000).readinto, hasher=hashlib.sha256(),
+                      chunk=1 << 16, depth=1)
     got = []
     while piece := ahead.read(want):
         assert len(piece) <= want
-        got.append(piece)
+        got.append(bytes(piece))  # a view: only valid until the next read
     assert ahead.read(want) == b""  # the end stays the end
+    assert ahead.hexdigest() == hashlib.sha256(data).hexdigest()
     ahead.close()
     assert b"".join(got) == data
 
 
+def test_readahead_recycles_a_fixed_set_of_buffers() -> None:
+    ahead = ReadAhead(io.BytesIO(os.urandom(5 << 20)).readinto, hasher=hashlib.sha256(),
+                      chunk=1 << 16, depth=2)
+    buffers = set()
+    while piece := ahead.read(1 << 16):
+        buffers.add(id(piece.obj))  # type: ignore[union-attr]
+    ahead.close()
+    assert 1 < len(buffers) <= 4
+
+
 def test_readahead_read_all() -> None:
     data = os.urandom(300_000)
-    ahead = ReadAhead(io.BytesIO(data).read, chunk=4096)
+    ahead = ReadAhead(io.BytesIO(data).readinto, chunk=4096)
     assert ahead.read() == data
+    with pytest.raises(ValueError):
+        ahead.hexdigest()  # no hasher
     ahead.close()
 
 
 def test_an_error_of_the_source_reaches_the_reader_after_the_bytes_before_it() -> None:
-    def source() -> object:
-        yield b"a" * 10
-        yield b"b" * 10
-        raise MalformedLayer("corrupt gzip data")
+    calls = 0
 
-    parts = source()
-    ahead = ReadAhead(lambda n: next(parts), chunk=10)  # type: ignore[arg-type,return-value]
+    def readinto(buf: memoryview) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 2:
+            raise MalformedLayer("corrupt gzip data")
+        buf[:10] = (b"a" if calls == 1 else b"b") * 10
+        return 10
+
+    ahead = ReadAhead(readinto, hasher=hashlib.sha256(), chunk=10)
     assert ahead.read(100) == b"a" * 10
     assert ahead.read(100) == b"b" * 10
     with pytest.raises(MalformedLayer, match="corrupt gzip"):
         ahead.read(100)
     with pytest.raises(MalformedLayer):  # and again: the stream is broken for good
         ahead.read(100)
+    with pytest.raises(ValueError):
+        ahead.hexdigest()  # no digest of a stream that failed
     ahead.close()
 
 
 def test_close_stops_a_source_that_is_ahead_and_blocked_on_a_full_queue() -> None:
     reads = 0
 
-    def endless(n: int) -> bytes:
+    def endless(buf: memoryview) -> int:
         nonlocal reads
         reads += 1
-        return b"x" * n
+        buf[:] = b"x" * len(buf)
+        return len(buf)
 
-    before = len(_threads("unlade-inflate"))
-    ahead = ReadAhead(endless, chunk=1024, depth=2)
+    before = len(_threads("unlade-"))
+    ahead = ReadAhead(endless, hasher=hashlib.sha256(), chunk=1024, depth=2)
     time.sleep(0.05)
     assert ahead.read(1024) == b"x" * 1024
     ahead.close()
-    assert len(_threads("unlade-inflate")) == before
+    assert len(_threads("unlade-")) == before
     settled = reads
     time.sleep(0.05)
     assert reads == settled  # nothing reads after close
@@ -87,7 +120,7 @@ def test_close_wakes_a_follow_reader_waiting_for_a_download(tmp_path: Path) -> N
                                            len(data))
     writer.write(data[:100])
     raw = writer.follow()
-    ahead = ReadAhead(raw.read, chunk=4096, interrupt=raw.abandon)
+    ahead = ReadAhead(raw.readinto, chunk=4096, interrupt=raw.abandon)
     assert ahead.read(4096) == data[:100]
     time.sleep(0.05)  # the thread now waits for bytes the writer will not send
     started = time.monotonic()
@@ -106,26 +139,6 @@ def test_abandoned_follow_reader_reports_it(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="reader closed"):
         raw.read(1)
     writer.close()
-
-
-@pytest.mark.parametrize("chunks", [0, 1, 100])
-def test_background_hash_equals_hashlib(chunks: int) -> None:
-    parts = [os.urandom(5000 + i) for i in range(chunks)]
-    bg = BackgroundHash("sha256", depth=2)
-    for part in parts:
-        bg.update(part)
-    assert bg.hexdigest() == hashlib.sha256(b"".join(parts)).hexdigest()
-    with pytest.raises(ValueError):
-        bg.update(b"late")
-
-
-def test_background_hash_close_ends_its_thread() -> None:
-    before = len(_threads("unlade-hash"))
-    bg = BackgroundHash("sha512")
-    bg.update(b"x")
-    bg.close()
-    bg.close()
-    assert len(_threads("unlade-hash")) == before
 
 
 def _verifying(tmp_path: Path, payload: bytes, diff_id: str) -> VerifyingStream:
@@ -154,19 +167,27 @@ def test_verifying_stream_release_skips_verification(tmp_path: Path) -> None:
     assert not _threads("unlade-inflate") and not _threads("unlade-hash")
 
 
-def test_truncated_gzip_is_a_truncated_layer_through_the_thread(tmp_path: Path) -> None:
-    blob = gzip.compress(os.urandom(200_000))[:-100]
-    ahead = ReadAhead(open_decompressed(io.BytesIO(blob), GZIP).read)
-    with pytest.raises(EOFError):
-        while ahead.read(1 << 16):
-            pass
-    ahead.close()
-    from unlade.pull import _Hashing
+def test_truncated_gzip_is_a_truncated_layer(tmp_path: Path) -> None:
+    payload = os.urandom(300_000)
+    blob = gzip.compress(payload)[:-100]
+    store = ContentStore(tmp_path)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    store.put(digest, blob)
+    stream = VerifyingStream(store, digest, "application/vnd.oci.image.layer.v1.tar+gzip",
+                             "sha256:" + hashlib.sha256(payload).hexdigest())
+    with pytest.raises(TruncatedLayer, match="gzip stream ends early"):
+        stream.close()
+    assert not _threads("unlade-inflate") and not _threads("unlade-hash")
 
-    stream = _Hashing(open_decompressed(io.BytesIO(blob), GZIP), GZIP, background=True)
-    ahead = ReadAhead(stream.read)
-    with pytest.raises(TruncatedLayer, match="ends early"):
-        while ahead.read(1 << 16):
-            pass
-    ahead.close()
-    stream.hash.close()
+
+def test_corrupt_gzip_is_a_malformed_layer(tmp_path: Path) -> None:
+    payload = os.urandom(300_000)
+    blob = bytearray(gzip.compress(payload))
+    blob[-8:-4] = bytes(4)  # the CRC-32 of the member
+    store = ContentStore(tmp_path)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    store.put(digest, bytes(blob))
+    stream = VerifyingStream(store, digest, "application/vnd.oci.image.layer.v1.tar+gzip",
+                             "sha256:" + hashlib.sha256(payload).hexdigest())
+    with pytest.raises(MalformedLayer, match="corrupt gzip data"):
+        stream.close()

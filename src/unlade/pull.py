@@ -21,10 +21,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from .content import BlobWriter, ContentStore
-from .decompress import CORRUPT_DATA_ERRORS, BackgroundHash, ReadAhead, open_decompressed
+from .decompress import CORRUPT_DATA_ERRORS, ReadAhead, open_decompressed
 from .errors import (
     DigestMismatch,
     Interrupted,
@@ -112,30 +112,6 @@ class PullResult:
             "seconds": round(self.seconds, 3),
             "rootfs": self.rootfs,
         }
-
-
-class _Hashing:
-    """Hash what passes through; turn decompressor failures into layer errors."""
-
-    def __init__(self, src: BinaryIO, compression: str, algorithm: str = "sha256",
-                 *, background: bool = False) -> None:
-        self._src = src
-        self._compression = compression
-        self.hash: Any = BackgroundHash(algorithm) if background else hashlib.new(algorithm)
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            data = self._src.read(n)
-        except EOFError:
-            raise TruncatedLayer(f"{self._compression} stream ends early") from None
-        except CORRUPT_DATA_ERRORS as err:
-            raise MalformedLayer(f"corrupt {self._compression} data ({err})") from None
-        self.hash.update(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
 
 
 def _check_target(rootfs: Path) -> None:
@@ -449,16 +425,25 @@ class VerifyingStream:
         self._algo = diff_id.partition(":")[0]
         self._finished = False
         try:
-            self._hashing = _Hashing(open_decompressed(raw, compression), compression,
-                                     self._algo, background=True)
-            # Inflate and hash on a thread of their own, so the applier gets the other core.
-            self._stream = ReadAhead(self._hashing.read, chunk=READ_SIZE,
-                                     interrupt=getattr(raw, "abandon", None))
+            source = open_decompressed(raw, compression)
+
+            def readinto(buf: memoryview) -> int:
+                try:
+                    return source.readinto(buf)  # type: ignore[attr-defined,no-any-return]
+                except EOFError:
+                    raise TruncatedLayer(f"{compression} stream ends early") from None
+                except CORRUPT_DATA_ERRORS as err:
+                    raise MalformedLayer(f"corrupt {compression} data ({err})") from None
+
+            # Inflate and hash on threads of their own, so the applier gets the other core.
+            self._stream = ReadAhead(readinto, hasher=hashlib.new(self._algo),
+                                     chunk=READ_SIZE, interrupt=getattr(raw, "abandon", None))
         except BaseException:
             raw.close()
             raise
 
-    def read(self, size: int = -1, /) -> bytes:
+    def read(self, size: int = -1, /) -> bytes | memoryview:
+        """The next bytes, as a view valid until the next read."""
         return self._stream.read(size)
 
     def finish(self) -> None:
@@ -468,7 +453,7 @@ class VerifyingStream:
         while self._stream.read(READ_SIZE):
             pass
         self._finished = True
-        actual = f"{self._algo}:{self._hashing.hash.hexdigest()}"
+        actual = f"{self._algo}:{self._stream.hexdigest()}"
         if actual != self._diff_id:
             raise DigestMismatch(f"{self._label}: diffID mismatch: config says "
                                  f"{self._diff_id}, content is {actual}")
@@ -484,5 +469,4 @@ class VerifyingStream:
     def release(self) -> None:
         """Stop reading and release the blob, without verifying."""
         self._stream.close()
-        self._hashing.hash.close()
         self._raw.close()

@@ -49,7 +49,7 @@ from .manifest import ACCEPT, MAX_MANIFEST
 from .reference import Reference
 
 USER_AGENT = f"unlade/{__version__}"
-CHUNK = 1 << 20
+CHUNK = 120 << 10
 _RETRY_STATUS = frozenset((408, 429, 500, 502, 503, 504))
 _CERT_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
 

@@ -656,15 +656,18 @@ def _rmtree(path: Path) -> None:
 
 
 def _disk_usage(path: Path) -> int:
-    """Bytes allocated below ``path``, each inode counted once (hardlinks)."""
+    """Bytes allocated below ``path``, each inode counted once (hardlinks). Only inodes
+    with several links are remembered, so memory does not grow with the file count."""
     seen: set[tuple[int, int]] = set()
     total = 0
     for dirpath, dirnames, filenames in os.walk(path):
         for name in (".", *dirnames, *filenames):
             st = os.lstat(os.path.join(dirpath, name))
-            if (st.st_dev, st.st_ino) not in seen:
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
                 seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
+            total += st.st_blocks * 512
     return total
 
 
