@@ -192,8 +192,8 @@ class RegistryClient:
                     ctx.load_cert_chain(str(cert), str(key))
         return ctx
 
-    def _pool(self, host: str | None) -> urllib3.PoolManager:
-        key = host or ""
+    def _pool(self, host: str | None, tls: bool = True) -> urllib3.PoolManager:
+        key = f"{'https' if tls else 'http'}://{host or ''}"
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
@@ -201,7 +201,8 @@ class RegistryClient:
                     num_pools=4,
                     maxsize=8,
                     retries=False,
-                    ssl_context=self._ssl_context(host),
+                    # loading the system CAs costs ~45 ms: only for pools that speak TLS
+                    ssl_context=self._ssl_context(host) if tls else None,
                     timeout=urllib3.Timeout(
                         connect=self.options.connect_timeout, read=self.options.read_timeout
                     ),
@@ -323,7 +324,7 @@ class RegistryClient:
         for attempt in range(policy.attempts):
             cancel.check()
             try:
-                resp = self._pool(host).request(
+                resp = self._pool(host, not url.startswith("http:")).request(
                     method, url, headers=dict(headers or {}), body=body,
                     preload_content=not stream, decode_content=False, redirect=False,
                 )
