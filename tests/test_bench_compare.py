@@ -212,6 +212,26 @@ def test_text_table(real: dict[str, Any], doc: dict[str, Any]) -> None:
                                 "1.25×", "slower"]
 
 
+def test_startup_side_by_side(real: dict[str, Any], doc: dict[str, Any]) -> None:
+    """Files with ``startup`` get its median compared; files from before it do not."""
+    assert "startup" not in real
+    result = cmp.compare(real, doc)
+    assert result["startup"] is None
+    assert "start-up" not in cmp.text(result)
+    doc["startup"] = {"runs": 5, "wall_s": {"median": 0.06, "min": 0.05, "max": 0.07}}
+    result = cmp.compare(real, doc)
+    assert result["startup"] == {"old": None, "new": 0.06, "ratio": None, "change": None}
+    old = copy.deepcopy(doc)
+    old["startup"]["wall_s"]["median"] = 0.04
+    result = cmp.compare(old, doc)
+    assert result["startup"]["ratio"] == pytest.approx(1.5)
+    assert result["startup"]["change"] == "slower"
+    assert cmp.text(result).splitlines()[-1] == ("start-up (unlade --help): old 40.0 ms, "
+                                                 "new 60.0 ms, 1.50× slower")
+    doc["startup"] = {"wall_s": None, "error": "timing: OSError: boom"}
+    assert cmp.compare(old, doc)["startup"]["new"] is None
+
+
 def test_load_errors(tmp_path: Path, real: dict[str, Any]) -> None:
     with pytest.raises(cmp.CompareError, match="cannot read .*: No such file or directory"):
         cmp.load(tmp_path / "missing.json")

@@ -126,7 +126,8 @@ def test_report_from_records(tmp_path: Path) -> None:
 @pytest.mark.tools
 def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
     """One run each of unlade (flat rootfs and snapshots), containerd and the tar limit,
-    both phases, on a tiny image."""
+    both phases, on a tiny image; then start-up, and unlade's runs on an even smaller
+    reference image (memory flatness), and the targets."""
     require_tool("containerd", "ctr", "unpigz", "skopeo")
     require_module("psutil")
     require_module("matplotlib")
@@ -134,17 +135,22 @@ def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
     im.build_layout(layout, "v1", tiny_layers())
     im.push(layout, "v1", registry, "bench/smoke")
     ref = f"{registry.host}/bench/smoke:v1"
+    ref_layout = tmp_path / "ref-layout"
+    im.build_layout(ref_layout, "v1", [[im.dir("etc"), im.file("etc/a", "a\n")]])
+    im.push(ref_layout, "v1", registry, "bench/smoke-ref")
+    small_ref = f"{registry.host}/bench/smoke-ref:v1"
     lines: list[str] = []
     out = tmp_path / "out"
     doc = run_benchmark(ref, {"layout": layout, "tag": "v1"}, runs=1,
                         tools=["unlade", "unlade-snap", "containerd", "limit"],
                         phases=["pull", "unpack"],
-                        output=out, tmpfs=False, log=lines.append, workdir=tmp_path / "work")
+                        output=out, tmpfs=False, log=lines.append, workdir=tmp_path / "work",
+                        reference_image=small_ref)
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["schema"] == doc["schema"] == report.SCHEMA
     for key in ("started", "settings", "machine", "versions", "image", "runs", "summary",
-                "ratios"):
+                "ratios", "startup", "memory_flatness", "targets"):
         assert key in saved, key
     for key in ("cpu_model", "cores", "memory_bytes", "kernel", "fs_type"):
         assert saved["machine"][key], key
@@ -155,7 +161,7 @@ def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
     assert image["compressed_bytes"] > 0 and image["uncompressed_bytes"] > image["file_bytes"]
     assert image["builder"] == {"layout": str(layout), "tag": "v1"}
 
-    runs = saved["runs"]
+    runs = [r for r in saved["runs"] if r["kind"] == "timed"]
     assert sorted((r["phase"], r["tool"]) for r in runs) == [
         ("pull", "containerd"), ("pull", "unlade"), ("pull", "unlade-snap"),
         ("unpack", "containerd"), ("unpack", "limit"), ("unpack", "unlade"),
@@ -184,10 +190,44 @@ def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
         assert snap["check"]["entries"] == 48  # through the mount: whiteouts applied
     assert saved["summary"]["unpack"]["limit"]["valid_runs"] == 1
 
+    # the reference image: unlade and unlade-snap only, kept out of the summary
+    refs = [r for r in saved["runs"] if r["kind"] == "reference"]
+    assert sorted((r["phase"], r["tool"]) for r in refs) == [
+        ("pull", "unlade"), ("pull", "unlade-snap"), ("unpack", "unlade"),
+        ("unpack", "unlade-snap")]
+    for r in refs:
+        assert r["image"] == small_ref
+        assert r["valid"], (r["tool"], r["phase"], r["error"], r["check"])
+        assert r["check"]["entries"] == 2 and r["peak_rss_bytes"] > 0
+    assert all(e["runs"] == 1 for p in saved["summary"].values() for e in p.values())
+    mf = saved["memory_flatness"]
+    assert saved["settings"]["reference_image"] == mf["reference_image"] == small_ref
+    assert mf["error"] is None
+    assert mf["reference_facts"]["entries"] == 2 and mf["reference_facts"]["file_bytes"] == 2
+    for phase in ("pull", "unpack"):
+        assert set(mf[phase]) == {"unlade", "unlade-snap"}
+        for tool, entry in mf[phase].items():
+            assert entry["ratio"] > 0 and entry["reference_valid_runs"] == 1
+            assert entry["peak_rss_bytes"] == saved["summary"][phase][tool][
+                "peak_rss_bytes"]["median"]
+    startup = saved["startup"]
+    assert startup["error"] is None and startup["runs"] == 5
+    assert startup["wall_s"]["median"] > 0 and startup["import_us"] > 0
+    assert [t["name"] for t in saved["targets"]] == [
+        "unpack vs containerd", "unpack vs limit", "pull vs containerd", "peak RSS",
+        "peak RSS (unlade-snap)", "flat memory", "flat memory (unlade-snap)", "Python heap",
+        "start-up"]
+    # every figure a target needs was measured (whether they hold on a tiny image is moot)
+    assert all(t["value"] is not None and t["ok"] is not None for t in saved["targets"])
+
     md = (out / "results.md").read_text()
-    assert md.count("| containerd |") == 2 and md.count("| unlade-snap |") == 2
+    rows = md.splitlines()
+    assert sum(r.startswith("| containerd |") for r in rows) == 2
+    assert sum(r.startswith("| unlade-snap |") for r in rows) == 2
+    assert "## Targets" in md and "## Memory across image sizes" in md
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(" run 1/1 " in line for line in lines) == 7  # one progress line per run
+    assert sum(" ref 1/1 " in line for line in lines) == 4
     assert sum(" heap " in line and line.endswith("(ok)") for line in lines) == 4
     assert not (tmp_path / "work").exists()
     mounts = subprocess.run(["cat", "/proc/self/mountinfo"], capture_output=True,

@@ -31,6 +31,9 @@ The ``--json`` document (schema ``unlade-bench-compare/1``)::
       "peers": {PHASE: {PEER: {METRIC: {"old": float | null, "new": float | null,
                                         "ratio": float | null, "change": str | null}}}},
                                                    # old/new: median(unlade) ÷ median(PEER)
+      "startup": {"old": float | null, "new": float | null, "ratio": float | null,
+                  "change": str | null} | null,    # `unlade --help` median seconds; null
+                                                   # when neither file has it
       "only_old": [[PHASE, TOOL]], "only_new": [[PHASE, TOOL]]
     }
 
@@ -203,6 +206,16 @@ def _phases(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
+def _startup_median(doc: dict[str, Any]) -> float | None:
+    """The median of ``unlade --help`` in seconds (files before it was measured: None)."""
+    startup = doc.get("startup")
+    wall = startup.get("wall_s") if isinstance(startup, dict) else None
+    value = wall.get("median") if isinstance(wall, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
 def compare(old: dict[str, Any], new: dict[str, Any], *, threshold: float = 0.10,
             force: bool = False, old_path: str = "OLD", new_path: str = "NEW"
             ) -> dict[str, Any]:
@@ -257,6 +270,10 @@ def compare(old: dict[str, Any], new: dict[str, Any], *, threshold: float = 0.10
                 cell["new"] = None if b is None else round(b, 4)
                 cells[key] = cell
             peers.setdefault(phase, {})[peer] = cells
+    startup = None
+    o_start, n_start = _startup_median(old), _startup_median(new)
+    if o_start is not None or n_start is not None:
+        startup = _cell(o_start, n_start, threshold, "slower", "faster")
     return {
         "schema": COMPARE_SCHEMA,
         "threshold": threshold,
@@ -268,6 +285,7 @@ def compare(old: dict[str, Any], new: dict[str, Any], *, threshold: float = 0.10
         "warnings": warnings,
         "tools": tools,
         "peers": peers,
+        "startup": startup,
         "only_old": only_old,
         "only_new": only_new,
     }
@@ -340,6 +358,12 @@ def text(result: dict[str, Any]) -> str:
                     first_in_phase = first_of_peer = False
         lines.append("")
         lines += _align(rows, "")
+    start = result.get("startup")
+    if start:
+        lines.append("")
+        lines.append(f"start-up (unlade --help): old {_num(start['old'], 0.001, 1)} ms, "
+                     f"new {_num(start['new'], 0.001, 1)} ms, {_times(start['ratio'])}"
+                     + (f" {start['change']}" if start["change"] else ""))
     for key, what in (("only_old", "only in old"), ("only_new", "only in new")):
         if result[key]:
             lines.append("")

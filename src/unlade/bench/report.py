@@ -7,7 +7,8 @@
       "schema": "unlade-bench/1",
       "started": "2026-11-24T21:00:00+00:00",          # UTC, ISO 8601
       "settings": {"image": REF, "runs": N, "tools": [...], "phases": ["pull", "unpack"],
-                   "tmpfs": false},
+                   "tmpfs": false,
+                   "reference_image": REF | null},  # see memory_flatness
       "machine": {"cpu_model": str, "cores": int, "memory_bytes": int, "kernel": str,
                   "os": str, "fs_type": "ext4" | "tmpfs" | ..., "work_dir": str,
                   "python": str},
@@ -24,7 +25,9 @@
       },
       "runs": [{                        # every run, in the order run (interleaved)
         "phase": "pull" | "unpack", "tool": str, "index": int,
-        "kind": "timed",
+        "kind": "timed" | "reference",  # reference: on the reference image (see
+                                        # memory_flatness); never in summary or ratios
+        "image": REF,                   # reference runs only: the reference image
         "valid": bool,                  # exited 0 and passed the check; only these count
         "download_only": bool,          # skopeo: no unpacked rootfs
         "error": str | null,
@@ -54,9 +57,41 @@
         "peak_python_heap_bytes": int | null   # unlade and unlade-snap only: one extra
                                                # tracemalloc run
       }}},
-      "ratios": {PHASE: {TOOL: {"wall_s", "cpu_s", "peak_rss_bytes": float | null}}}
+      "ratios": {PHASE: {TOOL: {"wall_s", "cpu_s", "peak_rss_bytes": float | null}}},
                                         # median(TOOL) / median(containerd)
+      "startup": {                      # `unlade --help`, after the phases; or null
+        "argv": [argv...],              # python -m unlade --help, unlade's environment
+        "runs": int,                    # timed runs, after one untimed warm-up
+        "wall_s": {"median", "min", "max"} | null,
+        "importtime_argv": [argv...],   # one run with -X importtime:
+        "import_us": int | null,        # sum of the top-level imports' cumulative µs
+        "top_imports": [{"module": str, "cumulative_us": int}] | null,  # 8 slowest
+                                        # top-level imports, slowest first
+        "error": str | null             # why something is null
+      },
+      "memory_flatness": {              # null without a reference image
+        "reference_image": REF,         # a smaller image in the same registry
+        "reference_facts": {"compressed_bytes", "file_bytes", "entries"} | null,
+        "error": str | null,            # why the reference runs stopped (then partial)
+        PHASE: {TOOL: {                 # unlade, unlade-snap; phases that ran
+          "peak_rss_bytes": float | null,            # median, valid timed runs
+          "reference_peak_rss_bytes": float | null,  # median, valid reference runs
+          "ratio": float | null,                     # the first ÷ the second
+          "reference_runs": int, "reference_valid_runs": int}}
+      },
+      "targets": [{                     # the project's performance targets (see targets())
+        "name": str,                    # "unpack vs containerd", "peak RSS", "start-up", ...
+        "target": str, "measured": str, # for people
+        "value": float | null,          # what is compared with the target: a ratio, MiB
+                                        # or seconds (the name says which)
+        "ok": bool | null               # null when the figures needed are missing
+      }]
     }
+
+The targets (:func:`targets`): unlade's unpack at least 2.5× faster than containerd's and
+within 1.2× of the ``unpigz | tar`` limit (1.3× on tmpfs, where the limit is all CPU),
+its pull at least 2× containerd's throughput, peak RSS at most 64 MiB and flat across image
+sizes (±10 %), the Python heap at most 16 MiB, ``unlade --help`` at most 150 ms.
 
 Heavy imports (matplotlib) happen inside the functions that need them.
 """
@@ -91,6 +126,18 @@ TOOL_NOTES = {
              "decompressor allow",
 }
 MiB = 1 << 20
+
+#: The project's performance targets (see :func:`targets`).
+TARGET_UNPACK_VS_CONTAINERD = 0.4     # unlade's unpack wall ÷ containerd's, at most
+TARGET_UNPACK_VS_LIMIT = 1.2          # unlade's unpack wall ÷ the limit's, at most ...
+TARGET_UNPACK_VS_LIMIT_TMPFS = 1.3    # ... and on tmpfs
+TARGET_PULL_VS_CONTAINERD = 2.0       # unlade's pull MiB/s ÷ containerd's, at least
+TARGET_PEAK_RSS_BYTES = 64 * MiB
+TARGET_FLATNESS = (0.9, 1.1)          # peak RSS, main image ÷ reference image
+TARGET_PYTHON_HEAP_BYTES = 16 * MiB
+TARGET_STARTUP_S = 0.150              # `unlade --help`, median
+#: The keys of ``memory_flatness`` that are not phases.
+FLATNESS_KEYS = ("reference_image", "reference_facts", "error")
 
 
 def _jsonable(obj: Any, depth: int = 0) -> Any:
@@ -161,14 +208,64 @@ def _tool_key(tool: str) -> tuple[int, str]:
     return (TOOL_ORDER.index(tool) if tool in TOOL_ORDER else len(TOOL_ORDER), tool)
 
 
+def memory_flatness(records: Sequence[dict[str, Any]], reference_image: str,
+                    reference_facts: dict[str, Any] | None, error: str | None = None,
+                    ) -> dict[str, Any]:
+    """``memory_flatness`` (see the module docstring): per phase and tool that ran on the
+    reference image, the median peak RSS of the valid timed runs (main image) and of the
+    valid reference runs, and their ratio. A ratio near 1 means unlade's memory does not
+    grow with the image, which is what its streaming design promises."""
+    out: dict[str, Any] = {"reference_image": reference_image,
+                           "reference_facts": reference_facts, "error": error}
+    groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
+    for rec in records:
+        kind = rec.get("kind", "timed")
+        if kind in ("timed", "reference"):
+            groups.setdefault((rec["phase"], rec["tool"]), {}).setdefault(kind, []).append(rec)
+
+    def median_rss(recs: Sequence[dict[str, Any]]) -> float | None:
+        values = [r["peak_rss_bytes"] for r in recs
+                  if r.get("valid") and r.get("peak_rss_bytes") is not None]
+        return statistics.median(values) if values else None
+
+    order = {"pull": 0, "unpack": 1}
+    for (phase, tool) in sorted(groups, key=lambda k: (order.get(k[0], 2), k[0],
+                                                       _tool_key(k[1]))):
+        ref_recs = groups[(phase, tool)].get("reference", [])
+        if not ref_recs:
+            continue
+        main = median_rss(groups[(phase, tool)].get("timed", []))
+        ref = median_rss(ref_recs)
+        out.setdefault(phase, {})[tool] = {
+            "peak_rss_bytes": main, "reference_peak_rss_bytes": ref,
+            "ratio": round(main / ref, 3) if main is not None and ref else None,
+            "reference_runs": len(ref_recs),
+            "reference_valid_runs": sum(1 for r in ref_recs if r.get("valid"))}
+    return out
+
+
+def flatness_entries(memory_flatness: Mapping[str, Any] | None
+                     ) -> list[tuple[str, str, dict[str, Any]]]:
+    """(phase, tool, entry) of a ``memory_flatness`` object, whose phases sit beside its
+    fixed keys."""
+    out = []
+    for phase, by_tool in (memory_flatness or {}).items():
+        if phase in FLATNESS_KEYS or not isinstance(by_tool, dict):
+            continue
+        out += [(phase, tool, e) for tool, e in by_tool.items() if isinstance(e, dict)]
+    return out
+
+
 def build_document(*, started: _dt.datetime, image_ref: str, image_info: Any,
                    facts: dict[str, Any], machine: dict[str, Any],
                    versions: dict[str, Any], tmpfs: bool, runs: int, tools: list[str],
                    phases: list[str], records: list[dict[str, Any]],
                    heaps: dict[str, int | None],
                    tool_heaps: Mapping[str, Mapping[str, int | None]] | None = None,
+                   startup: dict[str, Any] | None = None,
+                   memory_flatness: dict[str, Any] | None = None,
                    ) -> dict[str, Any]:
-    """The ``results.json`` document (see the module docstring)."""
+    """The ``results.json`` document (see the module docstring), targets included."""
     for rec in records:
         rec.setdefault("kind", "timed")
     summary, ratios = summarize(records, heaps, tool_heaps)
@@ -178,14 +275,169 @@ def build_document(*, started: _dt.datetime, image_ref: str, image_info: Any,
         "schema": SCHEMA,
         "started": started.isoformat(timespec="seconds"),
         "settings": {"image": image_ref, "runs": runs, "tools": tools, "phases": phases,
-                     "tmpfs": tmpfs},
+                     "tmpfs": tmpfs,
+                     "reference_image": (memory_flatness or {}).get("reference_image")},
         "machine": machine,
         "versions": versions,
         "image": image,
         "runs": records,
         "summary": summary,
         "ratios": ratios,
+        "startup": startup,
+        "memory_flatness": memory_flatness,
+        "targets": targets(summary, machine=machine, startup=startup,
+                           memory_flatness=memory_flatness),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets
+
+
+def _median_of(summary: Mapping[str, Any], phase: str, tool: str, metric: str
+               ) -> float | None:
+    value = (summary.get(phase) or {}).get(tool, {}).get(metric)
+    if isinstance(value, dict):
+        value = value.get("median")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _target(name: str, target: str, measured: str, value: float | None,
+            ok: bool | None) -> dict[str, Any]:
+    return {"name": name, "target": target, "measured": measured, "value": value, "ok": ok}
+
+
+def _speed(ratio: float) -> str:
+    """A wall-time ratio (unlade ÷ peer) in words: "3.41× faster", "1.20× slower"."""
+    return f"{1 / ratio:.2f}× faster" if ratio <= 1 else f"{ratio:.2f}× slower"
+
+
+def _max_over_phases(summary: Mapping[str, Any], tool: str, metric: str
+                     ) -> tuple[float, str] | None:
+    """(the largest median of ``metric`` over the phases, that phase), or None."""
+    found = [(v, phase) for phase in summary
+             if (v := _median_of(summary, phase, tool, metric)) is not None]
+    return max(found, key=lambda f: f[0]) if found else None
+
+
+def targets(summary: Mapping[str, Any], *, machine: Mapping[str, Any],
+            startup: Mapping[str, Any] | None = None,
+            memory_flatness: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Whether each of the project's performance targets holds (see the module docstring
+    and the ``TARGET_*`` constants), from one run's summary, start-up and memory-flatness
+    figures, so that a single ``results.json`` answers it. A target whose figures are
+    missing (containerd not among the tools, no valid runs, no reference image) has null
+    ``value`` and ``ok``, never a guess."""
+    rows: list[dict[str, Any]] = []
+
+    # unpack vs containerd: wall time ratio
+    goal = (f"wall ≤ {TARGET_UNPACK_VS_CONTAINERD:g}× containerd's "
+            f"(≥ {1 / TARGET_UNPACK_VS_CONTAINERD:g}× faster)")
+    a = _median_of(summary, "unpack", "unlade", "wall_s")
+    b = _median_of(summary, "unpack", "containerd", "wall_s")
+    if a is not None and b:
+        v = round(a / b, 4)
+        rows.append(_target("unpack vs containerd", goal,
+                            f"{_speed(v)} ({a:.2f} s vs {b:.2f} s)", v,
+                            v <= TARGET_UNPACK_VS_CONTAINERD))
+    else:
+        rows.append(_target("unpack vs containerd", goal,
+                            "not measured (no valid unlade and containerd unpack runs)",
+                            None, None))
+
+    # unpack vs the unpigz | tar limit
+    fs = str(machine.get("fs_type") or "unknown")
+    limit = TARGET_UNPACK_VS_LIMIT_TMPFS if fs == "tmpfs" else TARGET_UNPACK_VS_LIMIT
+    goal = f"wall ≤ {limit:g}× the unpigz | tar limit's (on {fs})"
+    a = _median_of(summary, "unpack", "unlade", "wall_s")
+    b = _median_of(summary, "unpack", "limit", "wall_s")
+    if a is not None and b:
+        v = round(a / b, 4)
+        rows.append(_target("unpack vs limit", goal,
+                            f"{v:.2f}× the limit's time ({a:.2f} s vs {b:.2f} s)", v,
+                            v <= limit))
+    else:
+        rows.append(_target("unpack vs limit", goal,
+                            "not measured (no valid unlade and limit unpack runs)", None, None))
+
+    # pull vs containerd: throughput ratio
+    goal = f"MiB/s ≥ {TARGET_PULL_VS_CONTAINERD:g}× containerd's"
+    a = _median_of(summary, "pull", "unlade", "unpacked_mib_s")
+    b = _median_of(summary, "pull", "containerd", "unpacked_mib_s")
+    if a is not None and b:
+        v = round(a / b, 4)
+        rows.append(_target("pull vs containerd", goal,
+                            f"{v:.2f}× the throughput ({a:.1f} vs {b:.1f} MiB/s)", v,
+                            v >= TARGET_PULL_VS_CONTAINERD))
+    else:
+        rows.append(_target("pull vs containerd", goal,
+                            "not measured (no valid unlade and containerd pull runs)",
+                            None, None))
+
+    # peak RSS: the largest phase median, for unlade and (if it ran) unlade-snap
+    snap_ran = any("unlade-snap" in by_tool for by_tool in summary.values())
+    for tool in ("unlade", "unlade-snap") if snap_ran else ("unlade",):
+        name = "peak RSS" if tool == "unlade" else f"peak RSS ({tool})"
+        goal = f"≤ {TARGET_PEAK_RSS_BYTES / MiB:g} MiB in every phase"
+        found = _max_over_phases(summary, tool, "peak_rss_bytes")
+        if found is None:
+            rows.append(_target(name, goal, f"not measured (no valid {tool} runs)", None,
+                                None))
+            continue
+        rss, phase = found
+        rows.append(_target(name, goal, f"{rss / MiB:.1f} MiB ({phase})",
+                            round(rss / MiB, 2), rss <= TARGET_PEAK_RSS_BYTES))
+
+    # flat memory: main image ÷ reference image, every phase
+    lo, hi = TARGET_FLATNESS
+    flat = flatness_entries(memory_flatness)
+    flat_tools = ["unlade"]
+    if snap_ran or any(tool == "unlade-snap" for _, tool, _ in flat):
+        flat_tools.append("unlade-snap")
+    for tool in flat_tools:
+        name = "flat memory" if tool == "unlade" else f"flat memory ({tool})"
+        goal = f"peak RSS ÷ the reference image's within {lo:g}–{hi:g} in every phase"
+        if not memory_flatness:
+            rows.append(_target(name, goal, "not measured (no reference image)", None, None))
+            continue
+        ratios = [(phase, e["ratio"]) for phase, t, e in flat
+                  if t == tool and e.get("ratio") is not None]
+        if not ratios:
+            why = memory_flatness.get("error") or f"no valid {tool} runs on both images"
+            rows.append(_target(name, goal, f"not measured ({why})", None, None))
+            continue
+        worst = max((r for _, r in ratios), key=lambda r: abs(r - 1))
+        rows.append(_target(name, goal, ", ".join(f"{p} {r:.2f}×" for p, r in ratios),
+                            worst, all(lo <= r <= hi for _, r in ratios)))
+
+    # Python heap (tracemalloc): unlade's largest
+    goal = f"≤ {TARGET_PYTHON_HEAP_BYTES / MiB:g} MiB in every phase (tracemalloc)"
+    found = _max_over_phases(summary, "unlade", "peak_python_heap_bytes")
+    if found is None:
+        rows.append(_target("Python heap", goal, "not measured (no valid heap run)", None,
+                            None))
+    else:
+        heap, phase = found
+        rows.append(_target("Python heap", goal, f"{heap / MiB:.1f} MiB ({phase})",
+                            round(heap / MiB, 2), heap <= TARGET_PYTHON_HEAP_BYTES))
+
+    # start-up
+    goal = f"`unlade --help` median ≤ {TARGET_STARTUP_S * 1000:g} ms"
+    st = startup or {}
+    wall = st.get("wall_s")
+    if isinstance(wall, dict) and isinstance(wall.get("median"), int | float):
+        med = float(wall["median"])
+        imports = st.get("import_us")
+        extra = f"; imports {imports / 1000:.1f} ms" if isinstance(imports, int) else ""
+        rows.append(_target("start-up", goal,
+                            f"{med * 1000:.1f} ms (median of {st.get('runs')}{extra})",
+                            round(med, 5), med <= TARGET_STARTUP_S))
+    else:
+        why = st.get("error") or "not run"
+        rows.append(_target("start-up", goal, f"not measured ({why})", None, None))
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,9 +488,29 @@ def _image_line(doc: dict[str, Any]) -> str:
             f"{m['memory_bytes'] / 2**30:.0f} GiB, kernel {m['kernel']}.")
 
 
+def _ok_word(ok: bool | None) -> str:
+    return "–" if ok is None else ("yes" if ok else "NO")
+
+
+def target_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """Header + one row per target (none for a document older than the targets)."""
+    found = doc.get("targets") or []
+    if not found:
+        return []
+    return [["target", "goal", "measured", "met"],
+            *([t["name"], t["target"], t["measured"], _ok_word(t["ok"])] for t in found)]
+
+
 def table_text(doc: dict[str, Any]) -> str:
     """The summary as aligned plain text (for the terminal)."""
     lines = [_image_line(doc)]
+    rows = target_rows(doc)
+    if rows:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines.append("")
+        lines.append("targets:")
+        for r in rows:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     for phase in doc["settings"]["phases"]:
         rows = table_rows(doc, phase)
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -249,6 +521,51 @@ def table_text(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _flatness_md(doc: dict[str, Any]) -> list[str]:
+    """The memory-flatness section of ``results.md`` (none without a reference image)."""
+    mf = doc.get("memory_flatness")
+    if not mf:
+        return []
+    facts = mf.get("reference_facts") or {}
+    out = ["## Memory across image sizes", ""]
+    if facts:
+        out += [f"Reference image {mf['reference_image']}: "
+                f"{facts['compressed_bytes'] / MiB:.1f} MiB compressed, "
+                f"{facts['file_bytes'] / MiB:.1f} MiB in files, {facts['entries']} entries; "
+                "peak RSS medians, this image's timed runs and the reference runs.", ""]
+    if mf.get("error"):
+        out += [f"Reference runs failed: {mf['error']}", ""]
+    rows = [f"| {phase} | {tool} | {_fmt_mib(e['peak_rss_bytes'])} | "
+            f"{_fmt_mib(e['reference_peak_rss_bytes'])} | {_fmt_ratio(e['ratio'])} | "
+            f"{e['reference_valid_runs']}/{e['reference_runs']} |"
+            for phase, tool, e in flatness_entries(mf)]
+    if rows:
+        out += ["| phase | tool | peak RSS MiB | on the reference MiB | ratio | valid |",
+                "|---|---|---|---|---|---|", *rows, ""]
+    return out
+
+
+def _fmt_mib(n: float | None) -> str:
+    return "–" if n is None else f"{n / MiB:.1f}"
+
+
+def _startup_md(doc: dict[str, Any]) -> list[str]:
+    """The start-up section of ``results.md``: the slowest top-level imports."""
+    st = doc.get("startup")
+    if not st or not st.get("top_imports"):
+        return []
+    out = ["## Start-up", "",
+           f"`unlade --help` imports {st['import_us'] / 1000:.1f} ms in all "
+           "(`python -X importtime`); the slowest top-level imports:", ""]
+    out += [f"- {i['module']}: {i['cumulative_us'] / 1000:.1f} ms" for i in st["top_imports"]]
+    out.append("")
+    return out
+
+
 def _shell(cmd: Sequence[str], work: str) -> str:
     text = " ".join(cmd)
     return text.replace(work, "WORK") if work else text
@@ -257,7 +574,14 @@ def _shell(cmd: Sequence[str], work: str) -> str:
 def markdown(doc: dict[str, Any]) -> str:
     """``results.md``."""
     v = doc["versions"]
-    out = ["# unlade benchmark", "", _image_line(doc), "",
+    out = ["# unlade benchmark", "", _image_line(doc), ""]
+    rows = target_rows(doc)
+    if rows:
+        out += ["## Targets", "", "| " + " | ".join(rows[0]) + " |",
+                "|" + "|".join("---" for _ in rows[0]) + "|"]
+        out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows[1:]]
+        out.append("")
+    out += [
            f"{doc['settings']['runs']} run(s) per tool and phase, interleaved; medians with "
            "(min–max) over valid runs. Page cache dropped before every run. Peak RSS is the "
            "sum of the per-process peaks of the tool's process tree (containerd: daemon + ctr "
@@ -272,12 +596,16 @@ def markdown(doc: dict[str, Any]) -> str:
                 "|" + "|".join("---" for _ in rows[0]) + "|"]
         out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
         out.append("")
+    out += _flatness_md(doc)
+    out += _startup_md(doc)
     out += ["## Commands", ""]
     work = str(doc["machine"].get("work_dir", ""))
     seen: set[tuple[str, str]] = set()
     for rec in doc["runs"]:
         key = (rec["phase"], rec["tool"])
         if key in seen or not rec.get("commands"):
+            continue
+        if rec.get("kind", "timed") != "timed":
             continue
         seen.add(key)
         steps = ["; ".join(" | ".join(_shell(c, work) for c in step)

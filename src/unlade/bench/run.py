@@ -63,6 +63,16 @@ checked through ``ctr images mount`` (a read-only view of the top snapshot, whic
 exist already), walked, then ``ctr images unmount --rm``; unlade-snap's likewise through
 ``unlade mount`` (once every layer's snapshot is recorded committed, so that the mount
 unpacks nothing itself), walked, then ``unlade unmount``.
+
+After the phases, two more figures (neither ever fails the benchmark; a failure is recorded):
+
+- **start-up** (:func:`measure_startup`): ``python -m unlade --help`` with unlade's
+  environment, one untimed warm-up then ``max(runs, 5)`` runs timed with
+  ``time.perf_counter``, and one run under ``-X importtime`` (:func:`parse_importtime`).
+- **memory flatness** (``reference_image``): unlade and unlade-snap pull and unpack a second,
+  smaller image of the same registry ``min(runs, 3)`` times per phase, measured as the
+  timed runs are but recorded with ``"kind": "reference"`` (kept out of the summary). Peak
+  RSS that does not grow with the image is a target; these runs show whether it holds.
 """
 
 from __future__ import annotations
@@ -76,6 +86,7 @@ import os
 import platform as _platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,6 +113,14 @@ NAMESPACE = "unlade-bench"
 OCI_TAG = "bench"
 RUN_TIMEOUT = 3600.0
 MiB = 1 << 20
+#: Tools whose memory is compared across image sizes (see ``reference_image``).
+FLATNESS_TOOLS = ("unlade", "unlade-snap")
+#: At most this many runs per phase and tool on the reference image.
+REFERENCE_RUNS = 3
+#: At least this many timed runs of ``unlade --help``.
+STARTUP_RUNS = 5
+#: How many of the slowest top-level imports ``-X importtime`` keeps.
+TOP_IMPORTS = 8
 
 Log = Callable[[str], None]
 
@@ -1314,6 +1333,91 @@ TOOL_NEEDS: dict[str, tuple[str, ...]] = {
 
 
 # ----------------------------------------------------------------------------------------------
+# Start-up
+
+
+def parse_importtime(stderr: str, top: int = TOP_IMPORTS) -> tuple[int, list[dict[str, Any]]]:
+    """(the sum of the top-level imports' cumulative µs, the ``top`` top-level imports with
+    the largest cumulative µs, largest first, as ``{"module", "cumulative_us"}``) from the
+    stderr of ``python -X importtime``.
+
+    Only top-level (non-indented) entries count: an indented one is already in its parent's
+    cumulative time, so summing the top level gives the whole import time once. Lines that
+    are not import-time entries (the header, anything else on stderr) are skipped.
+    """
+    total = 0
+    entries: list[tuple[int, str]] = []
+    for line in stderr.splitlines():
+        if not line.startswith("import time:"):
+            continue
+        parts = line[len("import time:"):].split("|", 2)
+        if len(parts) != 3:
+            continue
+        cumulative, name = parts[1].strip(), parts[2].rstrip()
+        if not cumulative.isdigit():
+            continue  # the header
+        if name.startswith(" "):
+            name = name[1:]  # the one space after the bar
+        if not name or name.startswith(" "):
+            continue  # indented: counted in its parent
+        total += int(cumulative)
+        entries.append((int(cumulative), name))
+    entries.sort(key=lambda e: (-e[0], e[1]))
+    return total, [{"module": name, "cumulative_us": us} for us, name in entries[:top]]
+
+
+def _run_quiet(argv: Sequence[str], env: Mapping[str, str], timeout: float
+               ) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(list(argv), env=dict(env), capture_output=True, text=True,
+                       timeout=timeout, stdin=subprocess.DEVNULL)
+    if p.returncode != 0:
+        raise BenchError(f"{' '.join(argv[1:])} exited {p.returncode}: "
+                         f"{(p.stderr or p.stdout).strip()[-300:]}")
+    return p
+
+
+def measure_startup(env: Mapping[str, str], *, runs: int = STARTUP_RUNS,
+                    timeout: float = 60.0) -> dict[str, Any]:
+    """How long ``unlade --help`` takes, run as the benchmark runs unlade (this interpreter,
+    ``-m unlade``, ``env``), and where its import time goes: every command starts by paying
+    it, so it is a target of its own.
+
+    One untimed warm-up (the page cache then holds the interpreter and the modules), ``runs``
+    runs timed with ``time.perf_counter`` around :func:`subprocess.run`, then one under
+    ``-X importtime``. Returns ``{"argv", "runs", "wall_s": {"median", "min", "max"},
+    "importtime_argv", "import_us", "top_imports", "error"}``; what could not be measured is
+    null and ``error`` says why (never raises for a failing command).
+    """
+    argv = [sys.executable, "-m", "unlade", "--help"]
+    it_argv = [sys.executable, "-X", "importtime", "-m", "unlade", "--help"]
+    out: dict[str, Any] = {"argv": argv, "runs": runs, "wall_s": None,
+                           "importtime_argv": it_argv, "import_us": None, "top_imports": None,
+                           "error": None}
+    errors: list[str] = []
+    try:
+        _run_quiet(argv, env, timeout)
+        walls = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            _run_quiet(argv, env, timeout)
+            walls.append(time.perf_counter() - t0)
+        out["wall_s"] = {"median": round(statistics.median(walls), 5),
+                         "min": round(min(walls), 5), "max": round(max(walls), 5)}
+    except (BenchError, OSError, subprocess.SubprocessError, ValueError) as err:
+        errors.append(f"timing: {type(err).__name__}: {err}")
+    try:
+        total, top = parse_importtime(_run_quiet(it_argv, env, timeout).stderr)
+        if not top:
+            raise BenchError("no import times on its stderr")
+        out["import_us"], out["top_imports"] = total, top
+    except (BenchError, OSError, subprocess.SubprocessError) as err:
+        errors.append(f"importtime: {type(err).__name__}: {err}")
+    if errors:
+        out["error"] = "; ".join(errors)[:600]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # The benchmark
 
 
@@ -1348,6 +1452,7 @@ def run_benchmark(
     log: Log | None = None,
     workdir: str | os.PathLike[str] | None = None,
     timeout: float = RUN_TIMEOUT,
+    reference_image: str | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``image_ref`` (a plain-HTTP registry on this machine) and write
     ``results.json``, ``results.md`` and ``results.png`` into ``output``.
@@ -1358,6 +1463,11 @@ def run_benchmark(
     ``OUTPUT/work``) holds the tools' stores and outputs and is removed at the end; with
     ``tmpfs`` a tmpfs is mounted on it. Returns the results document (see
     :mod:`unlade.bench.report`). Needs root.
+
+    After the phases, ``unlade --help`` is timed (``startup``). ``reference_image``, a
+    second, smaller image in the same registry, is pulled and unpacked by unlade and
+    unlade-snap ``min(runs, 3)`` times per phase (runs of kind ``reference``), so that
+    ``memory_flatness`` shows whether their peak RSS is the same on both images.
     """
     from . import report
 
@@ -1424,11 +1534,26 @@ def run_benchmark(
         finally:
             for r in runners.values():
                 r.close()
+        startup = measure_startup(_unlade_env(base_env), runs=max(runs, STARTUP_RUNS))
+        wall = startup["wall_s"]
+        log("start-up: unlade --help "
+            + (f"{wall['median'] * 1000:.1f} ms median of {startup['runs']}" if wall else "–")
+            + (f", imports {startup['import_us'] / 1000:.1f} ms"
+               if startup["import_us"] is not None else "")
+            + (f" ({startup['error']})" if startup["error"] else ""))
+        flatness = None
+        if reference_image is not None:
+            ref_records, ref_facts, ref_error = _reference_runs(
+                reference_image, work / "reference", tools=tools, phases=phases,
+                runs=min(runs, REFERENCE_RUNS), timeout=timeout, base_env=base_env, log=log)
+            records += ref_records
+            flatness = report.memory_flatness(records, reference_image, ref_facts, ref_error)
         machine = machine_info(work)
     doc = report.build_document(
         started=started, image_ref=image_ref, image_info=image_info, facts=facts.to_json(),
         machine=machine, versions=tool_versions(), tmpfs=tmpfs, runs=runs, tools=list(tools),
-        phases=list(phases), records=records, heaps=heaps, tool_heaps=tool_heaps)
+        phases=list(phases), records=records, heaps=heaps, tool_heaps=tool_heaps,
+        startup=startup, memory_flatness=flatness)
     written = report.write_all(doc, out_dir)
     log(report.table_text(doc))
     log(f"bench: wrote {', '.join(str(p) for p in written)}")
@@ -1436,6 +1561,59 @@ def run_benchmark(
         log("bench: matplotlib is not installed, so there is no results.png "
             "(pip install matplotlib)")
     return doc
+
+
+def _reference_runs(
+    image_ref: str, work: Path, *, tools: Sequence[str], phases: Sequence[str], runs: int,
+    timeout: float, base_env: dict[str, str], log: Log,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str | None]:
+    """(records, facts, error) of the reference image's runs: ``runs`` per phase of each of
+    :data:`FLATNESS_TOOLS` in ``tools``, interleaved and measured as the timed runs, by
+    fresh runners in ``work`` (their own store, facts from :func:`inspect_image`).
+
+    Records get ``"kind": "reference"`` and ``"image"``; ``facts`` is ``{compressed_bytes,
+    file_bytes, entries}``. A failure (the image cannot be pulled, a setup fails) ends the
+    reference runs and is returned as ``error`` rather than raised: the main results, which
+    may have taken an hour, are worth more than this comparison.
+    """
+    chosen = [t for t in tools if t in FLATNESS_TOOLS]
+    if not chosen:
+        return [], None, "neither unlade nor unlade-snap ran"
+    records: list[dict[str, Any]] = []
+    runners: dict[str, Tool] = {}
+    facts_json: dict[str, Any] | None = None
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        facts = inspect_image(image_ref, work / "unlade-store")
+        facts_json = {"compressed_bytes": facts.compressed_bytes,
+                      "file_bytes": facts.file_bytes, "entries": facts.entries}
+        log(f"reference: {image_ref}: {len(facts.layers)} layer(s), "
+            f"{_mib(facts.compressed_bytes)} compressed, {facts.entries} entries, "
+            f"{_mib(facts.file_bytes)} in files; {runs} run(s) per phase of "
+            f"{', '.join(chosen)}")
+        ctx = Ctx(image_ref, facts, work, work / "unlade-store", timeout, base_env)
+        runners = {t: TOOL_CLASSES[t](ctx) for t in chosen}
+        for phase in phases:
+            active = [t for t in chosen if phase in TOOL_PHASES[t]]
+            for t in active:
+                runners[t].setup(phase)
+            for i in range(runs):
+                for t in active:
+                    rec = _one_run(runners[t], phase, i, facts)
+                    rec["kind"], rec["image"] = "reference", image_ref
+                    records.append(rec)
+                    log(_progress_line(rec, runs))
+            for t in active:
+                runners[t].teardown(phase)
+    except Exception as err:  # anything: the main results must still be written
+        error = f"{type(err).__name__}: {err}"[:500]
+        log(f"reference: FAILED, no memory flatness figures: {error}")
+        return records, facts_json, error
+    finally:
+        for r in runners.values():
+            r.close()
+        remove_tree(work)
+    return records, facts_json, None
 
 
 def _one_run(tool: Tool, phase: str, index: int, facts: ImageFacts) -> dict[str, Any]:
@@ -1479,11 +1657,12 @@ def _one_run(tool: Tool, phase: str, index: int, facts: ImageFacts) -> dict[str,
 
 def _progress_line(rec: dict[str, Any], runs: int) -> str:
     state = "ok" if rec["valid"] else f"INVALID: {rec['error'] or rec['check']['detail']}"
+    what = "run" if rec.get("kind", "timed") == "timed" else "ref"
     if rec["wall_s"] is None:
-        return f"{rec['phase']:<6} run {rec['index'] + 1}/{runs} {rec['tool']:<11} {state}"
+        return f"{rec['phase']:<6} {what} {rec['index'] + 1}/{runs} {rec['tool']:<11} {state}"
     rate = rec["unpacked_mib_s"] if rec["unpacked_mib_s"] is not None else rec[
         "compressed_mib_s"]
-    return (f"{rec['phase']:<6} run {rec['index'] + 1}/{runs} {rec['tool']:<11} "
+    return (f"{rec['phase']:<6} {what} {rec['index'] + 1}/{runs} {rec['tool']:<11} "
             f"{rec['wall_s']:7.3f} s {rate or 0:8.1f} MiB/s  cpu {rec['cpu_s']:6.2f} s  "
             f"peak {rec['peak_rss_bytes'] / MiB:7.1f} MiB  {state}")
 
@@ -1512,6 +1691,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="put the tools' stores and outputs on a tmpfs")
     parser.add_argument("--small", action="store_true",
                         help="build the small benchmark image (when no --image is given)")
+    ref = parser.add_mutually_exclusive_group()
+    ref.add_argument("--reference-image", metavar="REF",
+                     help="a second, smaller image in the same registry: unlade's peak RSS "
+                          "on it is compared with the main image's (memory flatness); by "
+                          "default, without --image and --small, the small benchmark image")
+    ref.add_argument("--no-reference", action="store_true",
+                     help="no reference image (no memory flatness figures)")
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "unlade-bench"
     parser.add_argument("--image-cache", metavar="DIR", default=str(cache),
                         help="where the benchmark image is built, cached and served from "
@@ -1524,10 +1710,11 @@ def run_command(args: argparse.Namespace) -> int:
 
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     phases = list(PHASES) if args.phase == "both" else [args.phase]
+    reference = None if args.no_reference else args.reference_image
     try:
         if args.image:
             run_benchmark(args.image, None, runs=args.runs, tools=tools, phases=phases,
-                          output=args.output, tmpfs=args.tmpfs)
+                          output=args.output, tmpfs=args.tmpfs, reference_image=reference)
             return 0
         from .image import LocalRegistry, build_image, push
 
@@ -1535,10 +1722,27 @@ def run_command(args: argparse.Namespace) -> int:
         kind = "small" if args.small else "full"
         _stderr_log(f"bench: building the {kind} benchmark image in {cache / kind}")
         image = build_image(cache / kind, small=args.small, log=_stderr_log)
+        # The full image's memory is compared with the small one's (cached like any build),
+        # so that one run shows whether unlade's peak RSS is flat across image sizes.
+        # A reference that cannot be built or pushed costs only the flatness figures.
+        small = None
+        if not args.small and reference is None and not args.no_reference:
+            _stderr_log(f"bench: building the small image (memory reference) in "
+                        f"{cache / 'small'}")
+            try:
+                small = build_image(cache / "small", small=True, log=_stderr_log)
+            except UnladeError as err:
+                _stderr_log(f"bench: no memory reference, the small image failed: {err}")
         with LocalRegistry(cache / "registry") as registry:
             ref = push(image, registry, "unlade-bench/image")
+            if small is not None:
+                try:
+                    reference = push(small, registry, "unlade-bench/image")
+                except UnladeError as err:
+                    _stderr_log(f"bench: no memory reference, pushing the small image "
+                                f"failed: {err}")
             run_benchmark(ref, image, runs=args.runs, tools=tools, phases=phases,
-                          output=args.output, tmpfs=args.tmpfs)
+                          output=args.output, tmpfs=args.tmpfs, reference_image=reference)
     except (BenchError, UnladeError) as err:
         print(f"unlade bench: error: {err}", file=sys.stderr)
         return 1
