@@ -54,6 +54,11 @@ if TYPE_CHECKING:
     from .snapshot import Snapshotter
 
 DOWNLOAD_WORKERS = 3
+#: Inflated bytes are handed to the applier in buffers of this size, this many ahead (four
+#: buffers in all per layer): measured here, 512 KiB × 2 was as fast as anything larger
+#: and a little faster than 256 KiB × 4 (fewer GIL hand-offs between the threads).
+INFLATE_CHUNK = 1 << 19
+INFLATE_DEPTH = 2
 
 
 class Progress(Protocol):
@@ -437,7 +442,8 @@ class VerifyingStream:
 
             # Inflate and hash on threads of their own, so the applier gets the other core.
             self._stream = ReadAhead(readinto, hasher=hashlib.new(self._algo),
-                                     chunk=READ_SIZE, interrupt=getattr(raw, "abandon", None))
+                                     chunk=INFLATE_CHUNK, depth=INFLATE_DEPTH,
+                                     interrupt=getattr(raw, "abandon", None))
         except BaseException:
             raw.close()
             raise

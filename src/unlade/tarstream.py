@@ -192,7 +192,7 @@ class TarReader:
                 )
             return None
         stored = _number(block[148:156], "checksum")
-        unsigned = sum(block[:148]) + 256 + sum(block[156:])
+        unsigned = sum(block) - sum(block[148:156]) + 256  # the field counts as spaces
         if stored != unsigned:
             signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b > 127)
             if stored != signed:
