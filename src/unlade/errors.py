@@ -84,3 +84,11 @@ class NoSpace(StoreError):
 
 class Interrupted(UnladeError):
     """The operation was cancelled (Ctrl-C); nothing half-written was left behind."""
+
+
+class PolicyError(ConfigError):
+    """A signature policy (policy.json) or a key it names cannot be read or is invalid."""
+
+
+class PolicyRejected(UnladeError):
+    """The signature policy refuses the image: no requirement may be left unmet."""
