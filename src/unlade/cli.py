@@ -97,16 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="platform to pick from a multi-platform image (default: this host)")
     pull.add_argument("--json", action="store_true",
                       help="print one JSON document describing the result; no progress bars")
-    pull.add_argument("--plain-http", action="store_true",
-                      help="talk HTTP, not HTTPS, to the registry")
-    pull.add_argument("--cert-dir", metavar="DIR",
-                      help="extra CA certificates (*.crt) and client certificates "
-                           "(*.cert/*.key) for TLS")
-    pull.add_argument("--creds", metavar="USER[:PASSWORD]",
-                      help="registry credentials (overrides auth files)")
-    pull.add_argument("--authfile", metavar="FILE",
-                      help="read credentials only from this auth.json / config.json "
-                           "(default: $REGISTRY_AUTH_FILE, containers auth.json, docker config)")
+    _connection_options(pull)
+    pull.add_argument("--insecure-policy", action="store_true",
+                      help="accept the image whatever the signature policy says")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
     kinds = ("overlayfs", "native", "auto")
     pull.add_argument("--snapshotter", choices=kinds, default="auto",
@@ -116,6 +109,15 @@ def _parser() -> argparse.ArgumentParser:
                       help="only download and verify the blobs")
     pull.add_argument("--unpack-workers", metavar="N", type=int,
                       help="layers unpacked into snapshots at once (default: CPU count)")
+
+    verify = sub.add_parser("verify", help="run the signature policy on an image, and "
+                            "print the verdict per requirement",
+                            description="Fetch REF's manifest and signatures and judge them "
+                            "by the signature policy; nothing is stored. Exit 0 if the image "
+                            "would be accepted, 1 if not.")
+    verify.add_argument("ref", metavar="REF")
+    verify.add_argument("--json", action="store_true", help="the verdict as one JSON document")
+    _connection_options(verify)
 
     for name, text in (("mount", "mount a stored image read-write at DIR (overlay)"),
                        ("bundle", "make an OCI runtime bundle: DIR/rootfs + DIR/config.json")):
@@ -146,6 +148,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _connection_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plain-http", action="store_true",
+                   help="talk HTTP, not HTTPS, to the registry")
+    p.add_argument("--cert-dir", metavar="DIR",
+                   help="extra CA certificates (*.crt) and client certificates "
+                        "(*.cert/*.key) for TLS")
+    p.add_argument("--creds", metavar="USER[:PASSWORD]",
+                   help="registry credentials (overrides auth files)")
+    p.add_argument("--authfile", metavar="FILE",
+                   help="read credentials only from this auth.json / config.json "
+                        "(default: $REGISTRY_AUTH_FILE, containers auth.json, docker config)")
+    p.add_argument("--policy", metavar="FILE",
+                   help="signature policy, containers-policy.json(5) (default: "
+                        "$UNLADE_POLICY, ~/.config/containers/policy.json, "
+                        "/etc/containers/policy.json; none: accept any image)")
+    p.add_argument("--registries-d", metavar="DIR",
+                   help="where signatures are, containers-registries.d(5) (default: "
+                        "~/.config/containers/registries.d, /etc/containers/registries.d)")
+
+
 def _bench_argv(argv: list[str]) -> list[str] | None:
     """The arguments after ``bench`` if that is the command (argparse's REMAINDER cannot
     pass ``--help`` and other options through), else None."""
@@ -168,7 +190,8 @@ def _pull(args: argparse.Namespace) -> int:
     client = Client(
         args.root, plain_http=args.plain_http, cert_dir=args.cert_dir, creds=args.creds,
         authfile=args.authfile, snapshotter=args.snapshotter,
-        unpack_workers=args.unpack_workers,
+        unpack_workers=args.unpack_workers, policy=args.policy,
+        registries_d=args.registries_d, insecure_policy=args.insecure_policy,
     )
     show_bars = not (args.json or args.quiet) and sys.stderr.isatty()
     options = {"rootfs": args.rootfs, "platform": args.platform,
@@ -178,6 +201,8 @@ def _pull(args: argparse.Namespace) -> int:
             result = client.pull(args.ref, progress=bars, **options)
     else:
         result = client.pull(args.ref, **options)
+    if client.trust.note and not args.quiet:
+        print(f"unlade: note: {client.trust.note}", file=sys.stderr)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -191,6 +216,33 @@ def _pull(args: argparse.Namespace) -> int:
             f"fetched in {result.seconds:.2f} s{where}"
         )
     return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .client import Client
+
+    client = Client(args.root, plain_http=args.plain_http, cert_dir=args.cert_dir,
+                    creds=args.creds, authfile=args.authfile, policy=args.policy,
+                    registries_d=args.registries_d)
+    verdict = client.verify(args.ref)
+    if verdict is None:
+        doc: dict[str, Any] = {"image": args.ref, "scope": None, "accepted": True,
+                               "requirements": [], "note": client.trust.note}
+    else:
+        doc = verdict.to_json()
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        if verdict is None:
+            print(f"{args.ref}: accepted ({client.trust.note})")
+        else:
+            print(f"{doc['image']}: {'accepted' if doc['accepted'] else 'REJECTED'} "
+                  f"(policy scope {doc['scope']!r})")
+            for req in doc["requirements"]:
+                print(f"  {'ok  ' if req['ok'] else 'FAIL'}  {req['requirement']}: "
+                      f"{req['reason']}")
+    return EXIT_OK if doc["accepted"] else EXIT_FAIL
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -292,8 +344,8 @@ def _bundle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"pull": _pull, "mount": _mount, "unmount": _unmount, "bundle": _bundle,
-             "images": _images, "inspect": _inspect, "rm": _rm,
+_COMMANDS = {"pull": _pull, "verify": _verify, "mount": _mount, "unmount": _unmount,
+             "bundle": _bundle, "images": _images, "inspect": _inspect, "rm": _rm,
              "prune": _prune, "check": _check}
 
 

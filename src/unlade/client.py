@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +23,10 @@ from .metastore import MetaStore
 from .pull import LayerResult, Progress, Puller, PullResult, VerifyingStream
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, RegistryOptions, RetryPolicy
+from .trust import Trust
 
 if TYPE_CHECKING:
+    from .policy import Policy, Verdict
     from .snapshot import Snapshotter
 
 __all__ = ["CheckResult", "Client", "ImageSummary", "LayerResult", "PruneResult",
@@ -55,6 +58,12 @@ class Client:
     (overlayfs where the kernel and filesystem allow it, else native); ``unpack_workers``
     how many layers of one image are unpacked at once (default: the CPU count).
 
+    Every pull is judged by a signature policy before any config or layer is fetched:
+    ``policy`` (a policy.json path or a loaded :class:`~unlade.policy.Policy`; default:
+    ``$UNLADE_POLICY``, then the user's and the system's containers policy, and without
+    any, every image is accepted and :attr:`trust`'s ``note`` says so), with signatures
+    found as ``registries_d`` says; ``insecure_policy`` accepts every image.
+
     Every operation that creates or uses snapshots holds the store lock shared, and
     :meth:`prune` holds it exclusively, so prune never removes what a running pull, unpack
     or mount uses; mounts are recorded, so it also keeps what a mounted bundle shows.
@@ -71,6 +80,9 @@ class Client:
         retry: RetryPolicy | None = None,
         snapshotter: str = "auto",
         unpack_workers: int | None = None,
+        policy: str | os.PathLike[str] | Policy | None = None,
+        registries_d: str | os.PathLike[str] | None = None,
+        insecure_policy: bool = False,
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.store = ContentStore(self.root)
@@ -81,6 +93,7 @@ class Client:
                              "native or auto")
         self.default_snapshotter = snapshotter
         self.unpack_workers = unpack_workers
+        self.trust = Trust(policy, registries_d, insecure_policy)
         if isinstance(creds, str):
             creds = parse_creds(creds)
         self.registry = RegistryClient(
@@ -119,12 +132,27 @@ class Client:
         with store_lock(self.root, exclusive=False):
             puller = Puller(self.store, self.registry, progress)
             puller.unpack_workers = self.unpack_workers
+            puller.admit = lambda r, data, digest: self.trust.check(self.registry, r, data,
+                                                                    digest)
             result = puller.pull(reference,
                                  rootfs=Path(rootfs).absolute() if rootfs is not None else None,
                                  platform=plat, snapshotter=snap)
             _images.record_pull(self.meta, self.store, str(reference), result.manifest_digest,
                                 puller.extra_blobs, snap.name if snap is not None else "")
         return result
+
+    def verify(self, ref: str | Reference) -> Verdict | None:
+        """Run the signature policy alone on ``ref`` (its manifest is fetched; nothing is
+        stored): the verdict per requirement, or None when no policy applies (see
+        :attr:`trust`'s ``note``)."""
+        reference = parse_reference(ref) if isinstance(ref, str) else ref
+        data, _ = self.registry.get_manifest(reference)
+        if reference.digest:
+            from .pull import _verify
+
+            _verify(data, reference.digest, "manifest")
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        return self.trust.verdict(self.registry, reference, data, digest)
 
     @property
     def meta(self) -> MetaStore:

@@ -18,10 +18,11 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from .content import BlobWriter, ContentStore
 from .decompress import CORRUPT_DATA_ERRORS, ReadAhead, open_decompressed
@@ -103,6 +104,7 @@ class PullResult:
     bytes_fetched: int = 0
     seconds: float = 0.0
     rootfs: str | None = None
+    policy: dict[str, Any] | None = None  # the signature policy's verdict (None: no policy)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -116,6 +118,7 @@ class PullResult:
             "size": sum(layer.size for layer in self.layers),
             "seconds": round(self.seconds, 3),
             "rootfs": self.rootfs,
+            "policy": self.policy,
         }
 
 
@@ -154,6 +157,10 @@ class Puller:
         self.bytes_fetched = 0
         self.extra_blobs: list[str] = []  # stored but not part of the image (an index)
         self.unpack_workers: int | None = None  # layers unpacked at once (None: CPU count)
+        # Called with (ref, top-level manifest bytes, its digest) before anything else is
+        # fetched or stored; raises to refuse the image (the signature policy).
+        self.admit: Callable[[Reference, bytes, str], Any] | None = None
+        self.admitted: Any = None  # what ``admit`` returned (the policy's verdict)
         self._lock = threading.Lock()
 
     def _fetch_small(self, ref: Reference, digest: str, size: int) -> bytes:
@@ -170,6 +177,8 @@ class Puller:
             _verify(data, ref.digest, "manifest")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         parsed = parse(data, content_type)
+        if self.admit is not None:
+            self.admitted = self.admit(ref, data, digest)
         self.store.put(digest, data)
         if isinstance(parsed, Index):
             self.extra_blobs.append(digest)
@@ -201,6 +210,8 @@ class Puller:
         plat = Platform(str(config.get("os", "")), str(config.get("architecture", "")),
                         str(config.get("variant", "")))
         result = PullResult(str(ref), manifest_digest, media_type, cfg.digest, str(plat))
+        if self.admitted is not None and hasattr(self.admitted, "to_json"):
+            result.policy = self.admitted.to_json()
         result.layers = [
             LayerResult(d.digest, lay.diff_id, d.size, d.media_type, fetched=False)
             for lay in layers

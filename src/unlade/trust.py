@@ -1,0 +1,129 @@
+"""Deciding, on every pull, whether the image may be pulled at all: the signature policy
+(:mod:`unlade.policy`) applied to the manifest just fetched, before any config or layer is
+fetched, with signatures gathered where containers/image finds them
+(:mod:`unlade.sigsources`).
+
+The policy is evaluated even when the image is already in the store (image-rs skips it on
+a cache hit): a policy tightened since the last pull must hold for the next one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .policy import Policy, Verdict, find_policy
+
+if TYPE_CHECKING:
+    from .reference import Reference
+    from .registry import RegistryClient
+
+NO_POLICY_NOTE = ("no signature policy (--policy, $UNLADE_POLICY, "
+                  "~/.config/containers/policy.json, /etc/containers/policy.json): "
+                  "accepting any image")
+
+
+class _Signatures:
+    """The signatures of one image, fetched at the first question and then kept."""
+
+    def __init__(self, client: RegistryClient, registries_d: Any, ref: Reference,
+                 digest: str) -> None:
+        self._client = client
+        self._registries_d = registries_d
+        self._ref = ref
+        self._digest = digest
+        self._simple: Sequence[bytes] | None = None
+        self._sigstore: Sequence[Any] | None = None
+
+    def _config(self) -> Any:
+        return self._registries_d.config_for(self._ref)
+
+    def simple_signatures(self) -> Sequence[bytes]:
+        from .sigsources import fetch_simple_signatures
+
+        if self._simple is None:
+            self._simple = fetch_simple_signatures(self._client, self._ref, self._digest,
+                                                   self._config())
+        return self._simple
+
+    def sigstore_signatures(self) -> Sequence[Any]:
+        from .sigsources import fetch_sigstore_signatures
+
+        if self._sigstore is None:
+            self._sigstore = fetch_sigstore_signatures(self._client, self._ref, self._digest,
+                                                       self._config())
+        return self._sigstore
+
+
+@dataclass
+class Trust:
+    """The policy and signature configuration a client pulls under.
+
+    ``policy`` is a path (or a loaded :class:`Policy`); None looks in the usual places
+    (:func:`unlade.policy.find_policy`) and, finding nothing, accepts any image, as the
+    containers tools do without a policy file. ``insecure_accept_anything`` skips the
+    policy altogether (skopeo's ``--insecure-policy``). ``registries_d`` is the
+    registries.d directory that says where signatures are (default: the usual places).
+    """
+
+    policy: str | os.PathLike[str] | Policy | None = None
+    registries_d: str | os.PathLike[str] | None = None
+    insecure_accept_anything: bool = False
+    note: str | None = field(default=None, init=False)
+    _loaded: Policy | None = field(default=None, init=False, repr=False)
+    _searched: bool = field(default=False, init=False, repr=False)
+
+    def load(self) -> Policy | None:
+        """The policy in force (loaded once), or None to accept anything."""
+        if self.insecure_accept_anything:
+            return None
+        if isinstance(self.policy, Policy):
+            return self.policy
+        if not self._searched:
+            self._searched = True
+            path = find_policy(self.policy)
+            if path is None:
+                self.note = NO_POLICY_NOTE
+            else:
+                self._loaded = Policy.load(path)
+        return self._loaded
+
+    def _registries(self) -> Any:
+        from .sigsources import RegistriesD
+
+        return RegistriesD.load(Path(self.registries_d) if self.registries_d else None)
+
+    def verdict(self, client: RegistryClient, ref: Reference, manifest: bytes,
+                digest: str) -> Verdict | None:
+        """The policy's verdict on the image ``ref`` whose top-level manifest is
+        ``manifest`` (``digest``); None when no policy applies."""
+        policy = self.load()
+        if policy is None:
+            return None
+        source = _Signatures(client, _Lazy(self._registries), ref, digest)
+        return policy.evaluate(ref, manifest, source)
+
+    def check(self, client: RegistryClient, ref: Reference, manifest: bytes,
+              digest: str) -> Verdict | None:
+        """As :meth:`verdict`, raising :class:`~unlade.errors.PolicyRejected` if the
+        image is refused."""
+        verdict = self.verdict(client, ref, manifest, digest)
+        if verdict is not None:
+            verdict.raise_if_rejected()
+        return verdict
+
+
+class _Lazy:
+    """registries.d, read only if a requirement needs signatures."""
+
+    def __init__(self, load: Any) -> None:
+        self._load = load
+        self._value: Any = None
+
+    def config_for(self, ref: Reference) -> Any:
+        if self._value is None:
+            self._value = self._load()
+        return self._value.config_for(ref)
