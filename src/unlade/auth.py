@@ -134,6 +134,10 @@ def _load(path: Path, *, required: bool) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise ConfigError(f"cannot read auth file {path}: {exc.strerror}") from None
+    return _parse(raw, path)
+
+
+def _parse(raw: bytes, path: Path | str) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
@@ -259,11 +263,19 @@ def _from_file(
     return None
 
 
+@dataclass(frozen=True)
+class AuthDocument:
+    """An auth file's bytes read from elsewhere (a resource provider): only it is used."""
+
+    data: bytes
+    source: str
+
+
 def credentials_for(
     registry: str,
     repository: str | None = None,
     *,
-    authfile: str | os.PathLike[str] | None = None,
+    authfile: str | os.PathLike[str] | AuthDocument | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Credentials | None:
     """Find the login a user already made with podman, skopeo or docker for this registry.
@@ -274,6 +286,9 @@ def credentials_for(
     """
     environ = env if env is not None else os.environ
     keys = _candidates(registry, repository)
+    if isinstance(authfile, AuthDocument):  # fetched already (a kbs:/// resource)
+        return _from_file(_parse(authfile.data, authfile.source), Path(authfile.source),
+                          False, keys, env)
     files = [(Path(authfile), False)] if authfile is not None else _search_path(environ)
     for path, legacy in files:
         data = _load(path, required=authfile is not None)

@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"unlade {__version__}")
     parser.add_argument(
+        "--config", metavar="FILE",
+        help="settings file, unlade.toml (default: $UNLADE_CONFIG, "
+             "~/.config/unlade/unlade.toml, /etc/unlade/unlade.toml); flags override it",
+    )
+    parser.add_argument(
         "--root", metavar="STORE",
         help="content store directory (default: $UNLADE_ROOT, /var/lib/unlade as root, "
              "else $XDG_DATA_HOME/unlade)",
@@ -98,11 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--json", action="store_true",
                       help="print one JSON document describing the result; no progress bars")
     _connection_options(pull)
-    pull.add_argument("--insecure-policy", action="store_true",
+    pull.add_argument("--insecure-policy", action="store_true", default=None,
                       help="accept the image whatever the signature policy says")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
     kinds = ("overlayfs", "native", "auto")
-    pull.add_argument("--snapshotter", choices=kinds, default="auto",
+    pull.add_argument("--snapshotter", choices=kinds, default=None,
                       help="without --rootfs: unpack into snapshots of this kind (default: "
                            "overlayfs where the kernel allows it, else native)")
     pull.add_argument("--no-unpack", action="store_true",
@@ -184,15 +189,36 @@ def _bench_argv(argv: list[str]) -> list[str] | None:
     return None
 
 
-def _pull(args: argparse.Namespace) -> int:
-    from .client import Client
+def _settings(args: argparse.Namespace) -> Any:
+    """unlade.toml (if any) with this command's flags on top."""
+    from .config import load_config
 
-    client = Client(
-        args.root, plain_http=args.plain_http, cert_dir=args.cert_dir, creds=args.creds,
-        authfile=args.authfile, snapshotter=args.snapshotter,
-        unpack_workers=args.unpack_workers, policy=args.policy,
-        registries_d=args.registries_d, insecure_policy=args.insecure_policy,
+    overrides = {"root": args.root}
+    for key in ("policy", "registries_d", "authfile", "snapshotter", "unpack_workers",
+                "cert_dir", "insecure_policy"):
+        overrides[key] = getattr(args, key, None)
+    return load_config(args.config).merged(overrides)
+
+
+def _registry_client(args: argparse.Namespace, **extra: Any) -> Any:
+    """A Client for pull and verify: connection and trust settings from flags and file."""
+    from .client import Client
+    from .reference import parse_reference
+
+    cfg = _settings(args)
+    registry = parse_reference(args.ref).registry
+    return Client(
+        cfg.root, plain_http=args.plain_http or cfg.plain_http_for(registry),
+        cert_dir=cfg.cert_dir, creds=args.creds, authfile=cfg.authfile,
+        snapshotter=cfg.snapshotter or "auto", unpack_workers=cfg.unpack_workers,
+        policy=cfg.policy, registries_d=cfg.registries_d,
+        insecure_policy=bool(cfg.insecure_policy), resources=cfg.resource_provider(),
+        **extra,
     )
+
+
+def _pull(args: argparse.Namespace) -> int:
+    client = _registry_client(args)
     show_bars = not (args.json or args.quiet) and sys.stderr.isatty()
     options = {"rootfs": args.rootfs, "platform": args.platform,
                "unpack": not args.no_unpack}
@@ -219,11 +245,7 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .client import Client
-
-    client = Client(args.root, plain_http=args.plain_http, cert_dir=args.cert_dir,
-                    creds=args.creds, authfile=args.authfile, policy=args.policy,
-                    registries_d=args.registries_d)
+    client = _registry_client(args)
     verdict = client.verify(args.ref)
     if verdict is None:
         doc: dict[str, Any] = {"image": args.ref, "scope": None, "accepted": True,
@@ -248,7 +270,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from .client import Client
 
-    return Client(args.root)
+    return Client(_settings(args).root)
 
 
 def _images(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import images as _images
-from .auth import Credentials, parse_creds
+from .auth import AuthDocument, Credentials, parse_creds
 from .content import ContentStore
 from .errors import StoreError
 from .images import CheckResult, ImageSummary, PruneResult, store_lock
@@ -23,6 +23,7 @@ from .metastore import MetaStore
 from .pull import LayerResult, Progress, Puller, PullResult, VerifyingStream
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, RegistryOptions, RetryPolicy
+from .resources import ResourceProvider, local_path, read_resource
 from .trust import Trust
 
 if TYPE_CHECKING:
@@ -62,7 +63,11 @@ class Client:
     ``policy`` (a policy.json path or a loaded :class:`~unlade.policy.Policy`; default:
     ``$UNLADE_POLICY``, then the user's and the system's containers policy, and without
     any, every image is accepted and :attr:`trust`'s ``note`` says so), with signatures
-    found as ``registries_d`` says; ``insecure_policy`` accepts every image.
+    found as ``registries_d`` says; ``insecure_policy`` accepts every image. The policy,
+    ``registries_d`` and ``authfile`` (and keys the policy names) may be resource URIs:
+    a path, ``file:///...``, or ``kbs:///repo/type/tag`` served by ``resources`` (a
+    :class:`~unlade.resources.CdhResourceProvider`, the Confidential Data Hub), as in
+    image-rs.
 
     Every operation that creates or uses snapshots holds the store lock shared, and
     :meth:`prune` holds it exclusively, so prune never removes what a running pull, unpack
@@ -83,6 +88,7 @@ class Client:
         policy: str | os.PathLike[str] | Policy | None = None,
         registries_d: str | os.PathLike[str] | None = None,
         insecure_policy: bool = False,
+        resources: ResourceProvider | None = None,
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.store = ContentStore(self.root)
@@ -93,15 +99,20 @@ class Client:
                              "native or auto")
         self.default_snapshotter = snapshotter
         self.unpack_workers = unpack_workers
-        self.trust = Trust(policy, registries_d, insecure_policy)
+        self.trust = Trust(policy, registries_d, insecure_policy, resources)
         if isinstance(creds, str):
             creds = parse_creds(creds)
+        auth: str | AuthDocument | None = os.fspath(authfile) if authfile else None
+        if auth is not None and local_path(auth) is None:  # kbs:///: fetched once, now
+            auth = AuthDocument(read_resource(auth, kbs=resources), auth)
+        elif auth is not None:
+            auth = os.fspath(local_path(auth) or auth)
         self.registry = RegistryClient(
             RegistryOptions(
                 plain_http=plain_http,
                 cert_dir=os.fspath(cert_dir) if cert_dir else None,
                 credentials=creds,
-                authfile=os.fspath(authfile) if authfile else None,
+                authfile=auth,
                 retry=retry or RetryPolicy(),
             )
         )

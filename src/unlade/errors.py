@@ -92,3 +92,8 @@ class PolicyError(ConfigError):
 
 class PolicyRejected(UnladeError):
     """The signature policy refuses the image: no requirement may be left unmet."""
+
+
+class SignatureSourceError(UnladeError):
+    """Signatures could not be fetched: a lookaside, the registry's signature extension or
+    a sigstore attachment failed, misbehaved, or sent more than we are willing to read."""

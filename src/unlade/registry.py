@@ -34,7 +34,7 @@ from urllib3.exceptions import (
 )
 
 from . import __version__
-from .auth import Credentials, credentials_for, parse_www_authenticate
+from .auth import AuthDocument, Credentials, credentials_for, parse_www_authenticate
 from .content import BlobWriter
 from .errors import (
     DigestMismatch,
@@ -121,7 +121,7 @@ class RegistryOptions:
     plain_http: bool = False
     cert_dir: str | None = None
     credentials: Credentials | None = None
-    authfile: str | None = None
+    authfile: str | AuthDocument | None = None
     retry: RetryPolicy = RetryPolicy()
     connect_timeout: float = 30.0
     read_timeout: float = 60.0
@@ -507,6 +507,95 @@ class RegistryClient:
                         f"download of {digest} failed after {failures} attempts: {_reason(err)}"
                     ) from None
                 cancel.sleep(policy.delay(failures - 1))
+
+    # -- for signature sources (sigsources.py) -----------------------------------------------
+    def ping(self, ref: Reference) -> Mapping[str, str]:
+        """The headers of ``GET /v2/`` sent without credentials, as containers/image pings a
+        registry to learn its properties (X-Registry-Supports-Signatures); 200 and 401 are
+        both answers, anything else is the registry's error."""
+        url = f"{self._base(ref)}/v2/"
+        resp = self._send("GET", url, stream=True, host=ref.api_host)
+        _discard(resp)
+        if resp.status not in (200, 401):
+            raise RegistryError(f"{ref.registry} answered HTTP {resp.status} to GET /v2/")
+        return resp.headers  # case-insensitive
+
+    def request_path(
+        self, ref: Reference, path: str, *, headers: Mapping[str, str] | None = None,
+        stream: bool = False, cancel: Cancellation = _NEVER,
+    ) -> urllib3.BaseHTTPResponse:
+        """GET ``path`` (absolute, e.g. ``/extensions/v2/<repo>/signatures/<digest>``) on the
+        registry of ``ref`` exactly as :meth:`request` does under ``/v2/<repo>/``: the same
+        credentials and token scope (the repository's pull), challenges and redirects.
+        ``request(ref, p)`` is ``request_path(ref, f"/v2/{ref.repository}/{p}")``."""
+        if not path.startswith("/"):
+            raise ValueError(f"request_path needs an absolute path, not {path[:100]!r}")
+        url = f"{self._base(ref)}{path}"
+        registry_origin = _origin(url)
+        sent_auth_retry = False
+        redirects = 0
+        while True:
+            hdrs = dict(headers or {})
+            same_host = _origin(url) == registry_origin  # scheme too: never downgrade
+            auth = self._auth.get((ref.registry, ref.repository)) if same_host else None
+            if auth:
+                hdrs["Authorization"] = auth
+            resp = self._send("GET", url, headers=hdrs, stream=stream,
+                              host=ref.api_host if same_host else None, cancel=cancel)
+            if resp.status == 401 and same_host and not sent_auth_retry:
+                challenge = resp.headers.get("WWW-Authenticate", "")
+                _discard(resp)
+                sent_auth_retry = True
+                if self._authenticate(ref, challenge, auth):
+                    continue
+                raise Unauthorized(self._unauthorized_message(ref, challenge))
+            if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                redirects += 1
+                if redirects > 5:
+                    raise RegistryError(f"too many redirects fetching {path} from {ref.registry}")
+                location = resp.headers["Location"]
+                _discard(resp)
+                url = self._redirect_target(url, location, ref)
+                continue
+            return resp
+
+    def get_url(
+        self, url: str, *, headers: Mapping[str, str] | None = None,
+        cancel: Cancellation = _NEVER,
+    ) -> urllib3.BaseHTTPResponse:
+        """GET a URL that is not a registry endpoint (a signature lookaside), streamed, with
+        this client's pools, timeouts and retries and the TLS trust of that host (certs.d):
+        no registry credentials are ever sent. Up to 5 redirects are followed (as Go's client
+        does for containers/image), never from https to plain http, and the caller's
+        ``Authorization`` is dropped once a redirect leaves the original origin."""
+        origin = _origin(url)
+        redirects = 0
+        while True:
+            hdrs = dict(headers or {})
+            if _origin(url) != origin:
+                hdrs = {k: v for k, v in hdrs.items() if k.lower() != "authorization"}
+            parts = urlsplit(url)
+            resp = self._send("GET", url, headers=hdrs, stream=True,
+                              host=parts.netloc.rpartition("@")[2] or None, cancel=cancel)
+            if resp.status not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
+                return resp
+            redirects += 1
+            location = resp.headers["Location"]
+            _discard(resp)
+            if redirects > 5:
+                raise RegistryError(f"too many redirects fetching {parts.netloc}{parts.path}")
+            try:
+                target = urljoin(url, location)
+                new = urlsplit(target)
+                new.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError:
+                raise RegistryError(f"{parts.netloc} sent an invalid redirect {location[:200]!r}") \
+                    from None
+            if new.scheme not in ("http", "https") or not new.hostname:
+                raise RegistryError(f"{parts.netloc} sent an invalid redirect {location[:200]!r}")
+            if parts.scheme == "https" and new.scheme == "http":
+                raise RegistryError(f"{parts.netloc} redirected from https to plain http; refused")
+            url = target
 
 
 def _reason(err: BaseException) -> str:

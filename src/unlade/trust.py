@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import PolicyError
 from .policy import Policy, Verdict, find_policy
+from .resources import ResourceProvider, local_path, read_resource
 
 if TYPE_CHECKING:
     from .reference import Reference
@@ -62,7 +64,9 @@ class _Signatures:
 class Trust:
     """The policy and signature configuration a client pulls under.
 
-    ``policy`` is a path (or a loaded :class:`Policy`); None looks in the usual places
+    ``policy`` is a resource URI -- a path, ``file:///...`` or ``kbs:///repo/type/tag``,
+    the last read through ``resources`` (the Confidential Data Hub) -- or a loaded
+    :class:`Policy`; key paths inside it may be such URIs too. None looks in the usual places
     (:func:`unlade.policy.find_policy`) and, finding nothing, accepts any image, as the
     containers tools do without a policy file. ``insecure_accept_anything`` skips the
     policy altogether (skopeo's ``--insecure-policy``). ``registries_d`` is the
@@ -72,6 +76,7 @@ class Trust:
     policy: str | os.PathLike[str] | Policy | None = None
     registries_d: str | os.PathLike[str] | None = None
     insecure_accept_anything: bool = False
+    resources: ResourceProvider | None = None  # serves kbs:/// URIs
     note: str | None = field(default=None, init=False)
     _loaded: Policy | None = field(default=None, init=False, repr=False)
     _searched: bool = field(default=False, init=False, repr=False)
@@ -84,17 +89,41 @@ class Trust:
             return self.policy
         if not self._searched:
             self._searched = True
-            path = find_policy(self.policy)
-            if path is None:
+            uri = os.fspath(self.policy) if self.policy is not None else None
+            if uri is None or local_path(uri, error=PolicyError) is not None:
+                found = find_policy(local_path(uri, error=PolicyError) if uri else None)
+                uri = os.fspath(found) if found is not None else None
+            if uri is None:
                 self.note = NO_POLICY_NOTE
             else:
-                self._loaded = Policy.load(path)
+                self._loaded = self._read_policy(uri)
         return self._loaded
 
-    def _registries(self) -> Any:
-        from .sigsources import RegistriesD
+    def _read(self, uri: str) -> bytes:
+        return read_resource(uri, kbs=self.resources, error=PolicyError)
 
-        return RegistriesD.load(Path(self.registries_d) if self.registries_d else None)
+    def _read_policy(self, uri: str) -> Policy:
+        local = local_path(uri, error=PolicyError)
+        if local is not None:
+            try:
+                data = local.read_bytes()
+            except OSError as err:
+                raise PolicyError(f"cannot read policy {local}: {err.strerror or err}") \
+                    from None
+            return Policy.from_bytes(data, str(local), local.parent, read=self._read)
+        return Policy.from_bytes(self._read(uri), uri, Path.cwd(), read=self._read)
+
+    def _registries(self) -> Any:
+        from .sigsources import RegistriesD, _parse_file
+
+        if self.registries_d is None:
+            return RegistriesD.load(None)
+        uri = os.fspath(self.registries_d)
+        local = local_path(uri, error=PolicyError)
+        if local is not None and (local.is_dir() or not local.exists()):
+            return RegistriesD.load(local)
+        default, docker = _parse_file(self._read(uri), uri)  # one YAML file
+        return RegistriesD(docker, default)
 
     def verdict(self, client: RegistryClient, ref: Reference, manifest: bytes,
                 digest: str) -> Verdict | None:
