@@ -167,6 +167,8 @@ def verify_cosign(payload: bytes, signature_b64: str, keys: Sequence[Any]) -> No
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+    if not signature_b64:
+        raise SignatureInvalid("the signature annotation is missing")
     try:
         signature = base64.b64decode(signature_b64, validate=True)
     except (binascii.Error, ValueError):

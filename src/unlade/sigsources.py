@@ -202,6 +202,13 @@ class RegistriesD:
         return user if user.exists() else SYSTEM_REGISTRIES_D
 
     @classmethod
+    def from_yaml(cls, data: bytes, source: str) -> RegistriesD:
+        """One registries.d file given as bytes (a ``kbs:///`` resource, as image-rs's
+        ``sigstore_config_uri`` names one file rather than a directory)."""
+        default, docker = _parse_file(data, source)
+        return cls(docker, default)
+
+    @classmethod
     def load(cls, directory: str | os.PathLike[str] | None = None) -> RegistriesD:
         """Read ``directory`` (default: :meth:`default_directory`); a missing directory is
         an empty configuration, an unreadable one or a malformed file is a ConfigError."""

@@ -29,7 +29,8 @@ NO_POLICY_NOTE = ("no signature policy (--policy, $UNLADE_POLICY, "
 
 
 class _Signatures:
-    """The signatures of one image, fetched at the first question and then kept."""
+    """The signatures of one image, fetched at the first question (every source once, as
+    containers/image does: a lookaside may hold sigstore signatures too) and then kept."""
 
     def __init__(self, client: RegistryClient, registries_d: Any, ref: Reference,
                  digest: str) -> None:
@@ -37,27 +38,21 @@ class _Signatures:
         self._registries_d = registries_d
         self._ref = ref
         self._digest = digest
-        self._simple: Sequence[bytes] | None = None
-        self._sigstore: Sequence[Any] | None = None
+        self._all: Any = None
 
-    def _config(self) -> Any:
-        return self._registries_d.config_for(self._ref)
+    def _fetch(self) -> Any:
+        from .sigsources import fetch_signatures
+
+        if self._all is None:
+            self._all = fetch_signatures(self._client, self._ref, self._digest,
+                                         self._registries_d.config_for(self._ref))
+        return self._all
 
     def simple_signatures(self) -> Sequence[bytes]:
-        from .sigsources import fetch_simple_signatures
-
-        if self._simple is None:
-            self._simple = fetch_simple_signatures(self._client, self._ref, self._digest,
-                                                   self._config())
-        return self._simple
+        return list(self._fetch().simple)
 
     def sigstore_signatures(self) -> Sequence[Any]:
-        from .sigsources import fetch_sigstore_signatures
-
-        if self._sigstore is None:
-            self._sigstore = fetch_sigstore_signatures(self._client, self._ref, self._digest,
-                                                       self._config())
-        return self._sigstore
+        return list(self._fetch().sigstore)
 
 
 @dataclass
@@ -114,7 +109,7 @@ class Trust:
         return Policy.from_bytes(self._read(uri), uri, Path.cwd(), read=self._read)
 
     def _registries(self) -> Any:
-        from .sigsources import RegistriesD, _parse_file
+        from .sigsources import RegistriesD
 
         if self.registries_d is None:
             return RegistriesD.load(None)
@@ -122,8 +117,7 @@ class Trust:
         local = local_path(uri, error=PolicyError)
         if local is not None and (local.is_dir() or not local.exists()):
             return RegistriesD.load(local)
-        default, docker = _parse_file(self._read(uri), uri)  # one YAML file
-        return RegistriesD(docker, default)
+        return RegistriesD.from_yaml(self._read(uri), uri)  # one YAML file
 
     def verdict(self, client: RegistryClient, ref: Reference, manifest: bytes,
                 digest: str) -> Verdict | None:
