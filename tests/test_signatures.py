@@ -268,3 +268,29 @@ def test_policy_keys_and_registries_d_from_the_confidential_data_hub(
                                   "kbs:///default/sigstore-config/test"}
     finally:
         cdh.stop()
+
+
+def test_auth_file_as_a_kbs_resource(tmp_path: Path) -> None:
+    """image-rs's authenticated_registry_credentials_uri: the auth file comes from the
+    resource provider, is read once, and only it is used."""
+    import base64 as b64
+
+    from unlade.auth import AuthDocument, Credentials, credentials_for
+
+    class Provider:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def get(self, path: str) -> bytes:
+            self.calls.append(path)
+            token = b64.b64encode(b"kbs-user:kbs-pass").decode()
+            return json.dumps({"auths": {"reg.example.com": {"auth": token}}}).encode()
+
+    provider = Provider()
+    client = Client(tmp_path / "store", authfile="kbs:///default/credential/test",
+                    resources=provider)
+    doc = client.registry.options.authfile
+    assert isinstance(doc, AuthDocument) and provider.calls == ["kbs:///default/credential/test"]
+    assert credentials_for("reg.example.com", "app", authfile=doc) == Credentials("kbs-user",
+                                                                                  "kbs-pass")
+    assert credentials_for("other.example.com", "app", authfile=doc) is None
