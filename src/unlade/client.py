@@ -162,7 +162,7 @@ class Client:
             from .pull import _verify
 
             _verify(data, reference.digest, "manifest")
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = reference.digest or "sha256:" + hashlib.sha256(data).hexdigest()
         return self.trust.verdict(self.registry, reference, data, digest)
 
     @property

@@ -21,6 +21,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,11 +119,15 @@ class Identity:
                 or (self.prefix.endswith("/") and name.startswith(self.prefix))):
             return image
         text = self.signed_prefix + name[len(self.prefix):]
+        if image.tag is not None:
+            text += ":" + image.tag
         if image.digest is not None:
             text += "@" + image.digest
-        elif image.tag is not None:
-            text += ":" + image.tag
-        return _parse_ref(text, f"remapIdentity of {name!r}")
+        try:
+            return parse_reference(text)
+        except InvalidReference:
+            raise SignatureInvalid(f"remapIdentity of {name!r} gives an invalid reference "
+                                   f"{text[:300]!r}") from None
 
     def describe(self) -> str:
         if self.type == "exactReference":
@@ -179,8 +184,8 @@ def _tagged(text: str) -> bool:
 
 
 def _valid_prefix(value: str) -> bool:
-    if value.startswith("*."):
-        return False
+    if value.startswith("*.") or ("/" in value and _tagged(value)):
+        return False  # (without a "/", a ":" is a port)
     try:
         parse_reference(value.rstrip("/") + "/x" if "/" not in value else value)
     except InvalidReference:
@@ -221,7 +226,8 @@ class Requirement:
     def evaluate(self, ctx: _Context) -> Outcome:
         if self.type == "insecureAcceptAnything":
             return Outcome(self.describe, True, "accepted without a signature")
-        return Outcome(self.describe, False, "the policy rejects this scope")
+        return Outcome(self.describe, False,
+                       f"policy scope {ctx.scope!r} rejects {ctx.image}")
 
 
 @dataclass
@@ -248,6 +254,11 @@ def _vouches(ctx: _Context, payload: Payload, identity: Identity) -> None:
     except InvalidReference:
         raise SignatureInvalid(
             f"signed for an invalid reference {payload.docker_reference!r}") from None
+    if not _tagged(payload.docker_reference) and identity.type not in (
+            "matchRepository", "exactRepository"):
+        # containers/image: IsNameOnly(signature) -> no match (parsing would add "latest")
+        raise SignatureInvalid(f"identity mismatch (signed for {payload.docker_reference}, "
+                               f"without a tag or digest, rule {identity.describe()})")
     if not identity.matches(ctx.image, signed):
         raise SignatureInvalid(f"identity mismatch (signed for {payload.docker_reference}, "
                                f"rule {identity.describe()})")
@@ -337,9 +348,10 @@ class _Loader:
             full = self.path(p)
             try:
                 out.append((p, self.read(full)))
-            except OSError as err:
-                raise PolicyError(f"{where}: cannot read key {full}: "
-                                  f"{err.strerror or err}") from None
+            except (OSError, ValueError) as err:  # ValueError: a NUL in the path
+                shown = full if full.isprintable() else repr(full)
+                raise PolicyError(f"{where}: cannot read key {shown}: "
+                                  f"{getattr(err, 'strerror', None) or err}") from None
         if data in raw:
             label, items = data, [raw[data]]
         elif datas and datas in raw:
@@ -456,6 +468,21 @@ class Verdict:
                                   "reason": o.reason} for o in self.outcomes]}
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """containers/image refuses a policy with a key given twice (Python would keep the
+    last, silently dropping, say, the first of two requirement lists for one scope)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key[:100]!r}")
+        out[key] = value
+    return out
+
+
+def _not_a_number(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON value")
+
+
 def _scopes(ref: Reference) -> list[str]:
     """The docker transport's scopes for ``ref``, most specific first (containers/image's
     ``PolicyConfigurationIdentity`` then ``PolicyConfigurationNamespaces``)."""
@@ -470,13 +497,21 @@ def _scopes(ref: Reference) -> list[str]:
 
 
 def _valid_scope(scope: str) -> bool:
+    """Whether ``scope`` is one that :func:`_scopes` can produce: anything else would be
+    silently ignored (a wildcard with a port or path, a short name that is not a registry,
+    a tag with a digest)."""
     if scope == "" or scope.startswith("*."):
-        return scope == "" or all(scope[2:].split("."))
+        return scope == "" or all(re.fullmatch(r"[A-Za-z0-9-]+", label)
+                                  for label in scope[2:].split("."))
+    host = scope.split("/", 1)[0]
+    if not ("." in host or ":" in host or host == "localhost") \
+            or host == "index.docker.io":
+        return False
     try:
-        parse_reference(scope if "/" in scope else scope + "/x")
+        ref = parse_reference(scope if "/" in scope else scope + "/x")
     except InvalidReference:
         return False
-    return True
+    return not (ref.digest and _tagged(scope.split("@", 1)[0]))
 
 
 @dataclass
@@ -496,9 +531,10 @@ class Policy:
         if len(data) > MAX_POLICY:
             raise PolicyError(f"{source}: larger than {MAX_POLICY} bytes")
         try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise PolicyError(f"{source}: not valid JSON ({err})") from None
+            doc = json.loads(data, object_pairs_hook=_no_duplicates,
+                             parse_constant=_not_a_number)
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
+            raise PolicyError(f"{source}: not valid JSON ({str(err)[:200]})") from None
         if not isinstance(doc, dict):
             raise PolicyError(f"{source}: must be a JSON object")
         _fields(doc, {"default", "transports"}, source)

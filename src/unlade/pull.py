@@ -177,8 +177,8 @@ class Puller:
             _verify(data, ref.digest, "manifest")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         parsed = parse(data, content_type)
-        if self.admit is not None:
-            self.admitted = self.admit(ref, data, digest)
+        if self.admit is not None:  # signatures are looked up by the digest as pulled
+            self.admitted = self.admit(ref, data, ref.digest or digest)
         self.store.put(digest, data)
         if isinstance(parsed, Index):
             self.extra_blobs.append(digest)
