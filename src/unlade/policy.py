@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from .signature import (
     load_gpg_keys,
     load_public_keys,
     parse_payload,
+    strict_json,
     verify_cosign,
     verify_gpg,
 )
@@ -468,21 +468,6 @@ class Verdict:
                                   "reason": o.reason} for o in self.outcomes]}
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """containers/image refuses a policy with a key given twice (Python would keep the
-    last, silently dropping, say, the first of two requirement lists for one scope)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key[:100]!r}")
-        out[key] = value
-    return out
-
-
-def _not_a_number(text: str) -> Any:
-    raise ValueError(f"{text} is not a JSON value")
-
-
 def _scopes(ref: Reference) -> list[str]:
     """The docker transport's scopes for ``ref``, most specific first (containers/image's
     ``PolicyConfigurationIdentity`` then ``PolicyConfigurationNamespaces``)."""
@@ -531,9 +516,8 @@ class Policy:
         if len(data) > MAX_POLICY:
             raise PolicyError(f"{source}: larger than {MAX_POLICY} bytes")
         try:
-            doc = json.loads(data, object_pairs_hook=_no_duplicates,
-                             parse_constant=_not_a_number)
-        except (ValueError, UnicodeDecodeError, RecursionError) as err:
+            doc = strict_json(data)
+        except ValueError as err:
             raise PolicyError(f"{source}: not valid JSON ({str(err)[:200]})") from None
         if not isinstance(doc, dict):
             raise PolicyError(f"{source}: must be a JSON object")

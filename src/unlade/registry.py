@@ -359,34 +359,8 @@ class RegistryClient:
     ) -> urllib3.BaseHTTPResponse:
         """GET ``/v2/<repo>/<path>``, answering auth challenges and following redirects
         (without our Authorization header once the redirect leaves the registry host)."""
-        url = f"{self._base(ref)}/v2/{ref.repository}/{path}"
-        registry_origin = _origin(url)
-        sent_auth_retry = False
-        redirects = 0
-        while True:
-            hdrs = dict(headers or {})
-            same_host = _origin(url) == registry_origin  # scheme too: never downgrade
-            auth = self._auth.get((ref.registry, ref.repository)) if same_host else None
-            if auth:
-                hdrs["Authorization"] = auth
-            resp = self._send("GET", url, headers=hdrs, stream=stream,
-                              host=ref.api_host if same_host else None, cancel=cancel)
-            if resp.status == 401 and same_host and not sent_auth_retry:
-                challenge = resp.headers.get("WWW-Authenticate", "")
-                _discard(resp)
-                sent_auth_retry = True
-                if self._authenticate(ref, challenge, auth):
-                    continue
-                raise Unauthorized(self._unauthorized_message(ref, challenge))
-            if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                redirects += 1
-                if redirects > 5:
-                    raise RegistryError(f"too many redirects fetching {path} from {ref.registry}")
-                location = resp.headers["Location"]
-                _discard(resp)
-                url = self._redirect_target(url, location, ref)
-                continue
-            return resp
+        return self.request_path(ref, f"/v2/{ref.repository}/{path}", headers=headers,
+                                 stream=stream, cancel=cancel)
 
     def _redirect_target(self, url: str, location: str, ref: Reference) -> str:
         try:
@@ -526,8 +500,8 @@ class RegistryClient:
     ) -> urllib3.BaseHTTPResponse:
         """GET ``path`` (absolute, e.g. ``/extensions/v2/<repo>/signatures/<digest>``) on the
         registry of ``ref`` exactly as :meth:`request` does under ``/v2/<repo>/``: the same
-        credentials and token scope (the repository's pull), challenges and redirects.
-        ``request(ref, p)`` is ``request_path(ref, f"/v2/{ref.repository}/{p}")``."""
+        credentials and token scope (the repository's pull), challenges and redirects
+        (without our Authorization header once a redirect leaves the registry host)."""
         if not path.startswith("/"):
             raise ValueError(f"request_path needs an absolute path, not {path[:100]!r}")
         url = f"{self._base(ref)}{path}"

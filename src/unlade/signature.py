@@ -72,17 +72,26 @@ def _string(value: Any, what: str) -> str:
     return value
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise SignatureInvalid(f"signature payload has a duplicate key {key[:100]!r}")
-        out[key] = value
-    return out
+def strict_json(data: bytes | str) -> Any:
+    """JSON as Go's strict readers in containers/image take it: a key given twice or a
+    NaN/Infinity is an error (Python would keep the last key silently). Raises
+    ValueError (RecursionError for absurd nesting is turned into one too)."""
 
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ValueError(f"duplicate key {key[:100]!r}")
+            out[key] = value
+        return out
 
-def _not_a_number(text: str) -> Any:
-    raise SignatureInvalid(f"signature payload is not JSON ({text})")
+    def not_a_number(text: str) -> Any:
+        raise ValueError(f"{text} is not a JSON value")
+
+    try:
+        return json.loads(data, object_pairs_hook=no_duplicates, parse_constant=not_a_number)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _optional(value: Any, expected_type: str) -> None:
@@ -110,8 +119,10 @@ def parse_payload(data: bytes, expected_type: str) -> Payload:
     if len(data) > MAX_PAYLOAD:
         raise SignatureInvalid("signature payload is too large")
     try:
-        doc = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_not_a_number)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        doc = strict_json(data)
+    except ValueError as err:  # UnicodeDecodeError is one too
+        if str(err).startswith("duplicate key"):
+            raise SignatureInvalid(f"signature payload has a {err}") from None
         raise SignatureInvalid("signature payload is not JSON") from None
     top = _object(doc, "signature payload", {"critical"}, {"optional"})
     critical = _object(top["critical"], "critical", {"type", "image", "identity"})
