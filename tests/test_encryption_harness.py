@@ -184,3 +184,36 @@ def test_keyprovider_with_skopeo(tmp_path: Path, registry: Registry) -> None:
     assert set(img.layers[0]["annotations"]) == {kp.annotation, en.PUBOPTS_ANNOTATION}
     ok, msg = en.skopeo_decrypt(img.ref, kp, tmp_path / "dec")
     assert ok, msg
+
+
+@pytest.mark.parametrize("kind", [*KINDS[:3], pytest.param("pgp", marks=pytest.mark.xfail(
+    strict=True, reason="gpg (driven by ocicrypt) writes the RSA session key as an MPI "
+    "whose bit count is not minimal; Sequoia refuses the message as malformed"))])
+def test_unlade_decrypt_opens_what_skopeo_encrypted(
+        kind: str, encrypted: dict[str, en.EncryptedImage], keys: dict[str, en.EncKey],
+        registry: Registry) -> None:
+    """unlade.decrypt, written from the ocicrypt sources, against layers the real tool
+    encrypted: every layer opens with the recipient's key files (as given to skopeo's
+    --decryption-key) to exactly the plain layer, and with another key it does not."""
+    import hashlib
+    import io
+
+    from unlade.decrypt import DecryptConfig, LayerCipher, layer_options
+    from unlade.errors import DecryptionError
+
+    img = encrypted[kind]
+    config = DecryptConfig.from_specs(keys[kind].decryption_keys)
+    other = DecryptConfig.from_specs(keys["other-rsa"].decryption_keys)
+    plain = img.plain_manifest["layers"]
+    for i, layer in enumerate(img.layers):
+        blob = en.fetch_blob(registry, f"enc/{kind}", layer["digest"])
+        options = layer_options(layer["annotations"], config, f"layer {i + 1}")
+        out = bytearray(len(blob))
+        cipher = LayerCipher(io.BytesIO(blob).readinto, options, f"layer {i + 1}")
+        got = 0
+        view = memoryview(out)
+        while n := cipher.readinto(view[got:]):
+            got += n
+        assert "sha256:" + hashlib.sha256(out[:got]).hexdigest() == plain[i]["digest"]
+        with pytest.raises(DecryptionError, match="none of the 1 given keys opens it"):
+            layer_options(layer["annotations"], other, f"layer {i + 1}")

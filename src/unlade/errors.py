@@ -97,3 +97,8 @@ class PolicyRejected(UnladeError):
 class SignatureSourceError(UnladeError):
     """Signatures could not be fetched: a lookaside, the registry's signature extension or
     a sigstore attachment failed, misbehaved, or sent more than we are willing to read."""
+
+
+class DecryptionError(LayerError):
+    """An encrypted layer cannot be decrypted: no given key opens it, its encryption
+    options are malformed, or its content fails the integrity (HMAC) check."""
