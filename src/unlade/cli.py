@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     _connection_options(pull)
     pull.add_argument("--insecure-policy", action="store_true", default=None,
                       help="accept the image whatever the signature policy says")
+    pull.add_argument("--decryption-key", metavar="FILE[:PASSWORD]", action="append",
+                      help="a key for ocicrypt-encrypted layers (JWE private key, PKCS7 "
+                           "key or certificate, OpenPGP secret key); repeatable")
+    pull.add_argument("--require-encrypted", action="store_true",
+                      help="refuse the image unless every layer is encrypted")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
     kinds = ("overlayfs", "native", "auto")
     pull.add_argument("--snapshotter", choices=kinds, default=None,
@@ -218,7 +223,8 @@ def _registry_client(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    client = _registry_client(args)
+    client = _registry_client(args, decryption_keys=args.decryption_key,
+                              require_encrypted=args.require_encrypted)
     show_bars = not (args.json or args.quiet) and sys.stderr.isatty()
     options = {"rootfs": args.rootfs, "platform": args.platform,
                "unpack": not args.no_unpack}

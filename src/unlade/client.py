@@ -27,6 +27,9 @@ from .resources import ResourceProvider, local_path, read_resource
 from .trust import Trust
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .decrypt import DecryptConfig
     from .policy import Policy, Verdict
     from .snapshot import Snapshotter
 
@@ -89,6 +92,8 @@ class Client:
         registries_d: str | os.PathLike[str] | None = None,
         insecure_policy: bool = False,
         resources: ResourceProvider | None = None,
+        decryption_keys: Sequence[str] | DecryptConfig | None = None,
+        require_encrypted: bool = False,
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.store = ContentStore(self.root)
@@ -100,6 +105,14 @@ class Client:
         self.default_snapshotter = snapshotter
         self.unpack_workers = unpack_workers
         self.trust = Trust(policy, registries_d, insecure_policy, resources)
+        self.require_encrypted = require_encrypted
+        self.decrypt: DecryptConfig | None = None
+        if decryption_keys is not None and not isinstance(decryption_keys, list | tuple):
+            self.decrypt = decryption_keys  # type: ignore[assignment]
+        elif decryption_keys:
+            from .decrypt import DecryptConfig
+
+            self.decrypt = DecryptConfig.from_specs(decryption_keys)
         if isinstance(creds, str):
             creds = parse_creds(creds)
         auth: str | AuthDocument | None = os.fspath(authfile) if authfile else None
@@ -145,12 +158,26 @@ class Client:
             puller.unpack_workers = self.unpack_workers
             puller.admit = lambda r, data, digest: self.trust.check(self.registry, r, data,
                                                                     digest)
+            puller.decrypt = self.decrypt
+            puller.require_encrypted = self.require_encrypted
             result = puller.pull(reference,
                                  rootfs=Path(rootfs).absolute() if rootfs is not None else None,
                                  platform=plat, snapshotter=snap)
             _images.record_pull(self.meta, self.store, str(reference), result.manifest_digest,
                                 puller.extra_blobs, snap.name if snap is not None else "")
         return result
+
+    def _layer_options(self, descriptor: dict[str, Any], label: str) -> Any:
+        """An encrypted stored layer's cipher options (its key unwrapped with this
+        client's decryption keys), or None for a plain layer."""
+        from .manifest import ENCRYPTED_LAYER_TYPES
+
+        if descriptor.get("mediaType") not in ENCRYPTED_LAYER_TYPES:
+            return None
+        from .decrypt import DecryptConfig, layer_options
+
+        return layer_options(descriptor.get("annotations") or {},
+                             self.decrypt or DecryptConfig(), label)
 
     def verify(self, ref: str | Reference) -> Verdict | None:
         """Run the signature policy alone on ``ref`` (its manifest is fetched; nothing is
@@ -216,10 +243,14 @@ class Client:
         for i, layer in enumerate(doc["layers"]):
             media = doc["manifest"]["layers"][i]["mediaType"]
 
+            descriptor = doc["manifest"]["layers"][i]
+
             def opener(layer: dict[str, str] = layer, media: str = media,
-                       label: str = f"layer {i + 1}") -> VerifyingStream:
+                       label: str = f"layer {i + 1}", descriptor: Any = descriptor
+                       ) -> VerifyingStream:
+                # only a layer that must really be unpacked needs its key
                 return VerifyingStream(self.store, layer["digest"], media, layer["diff_id"],
-                                       label)
+                                       label, self._layer_options(descriptor, label))
 
             items.append(ChainLayer(layer["chain_id"], opener, f"layer {i + 1}"))
         unpacked = snap.unpack_chain(items, workers=self.unpack_workers)

@@ -31,6 +31,7 @@ from hashlib import sha256
 from typing import Any, NamedTuple
 
 from .errors import ConfigError, DecryptionError
+from .manifest import ENCRYPTED_LAYER_TYPES
 
 # -- format constants (ocicrypt spec/spec.go, encryption.go, keywrap/*) --------------------
 
@@ -40,14 +41,6 @@ PUBOPTS_ANNOTATION = "org.opencontainers.image.enc.pubopts"
 AES256CTR = "AES_256_CTR_HMAC_SHA256"
 
 #: Encrypted layer media type -> the compression of what decrypting it yields.
-ENCRYPTED_LAYER_TYPES: dict[str, str] = {
-    "application/vnd.oci.image.layer.v1.tar+encrypted": "none",
-    "application/vnd.oci.image.layer.v1.tar+gzip+encrypted": "gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd+encrypted": "zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+encrypted": "none",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip+encrypted": "gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd+encrypted": "zstd",
-}
 
 #: Key-encryption algorithms ocicrypt's JWE unwrapper accepts (keywrapper_jwe.go), and the
 #: content encryptions of RFC 7518 section 5.1; anything else (RSA1_5, "dir") is refused.

@@ -48,6 +48,15 @@ LAYER_TYPES: dict[str, str] = {
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": GZIP,
     "application/vnd.docker.image.rootfs.diff.tar": NONE,
 }
+#: ocicrypt's encrypted layers (containers/ocicrypt spec/spec.go), by what is inside.
+ENCRYPTED_LAYER_TYPES: dict[str, str] = {
+    "application/vnd.oci.image.layer.v1.tar+encrypted": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip+encrypted": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd+encrypted": "zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+encrypted": "none",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip+encrypted": "gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd+encrypted": "zstd",
+}
 
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
          "armv7l": "arm", "armv6l": "arm", "i386": "386", "i686": "386",
@@ -124,6 +133,7 @@ class Layer:
     descriptor: Descriptor
     compression: str
     diff_id: str
+    encrypted: bool = False  # ocicrypt: the blob must be decrypted before it is inflated
 
 
 @dataclass(frozen=True)
@@ -212,15 +222,16 @@ def layers_of(manifest: Manifest, config: dict[str, Any]) -> list[Layer]:
     out = []
     for i, (desc, diff_id) in enumerate(zip(manifest.layers, diff_ids, strict=True)):
         compression = LAYER_TYPES.get(desc.media_type)
+        encrypted = compression is None and desc.media_type in ENCRYPTED_LAYER_TYPES
+        if encrypted:
+            compression = ENCRYPTED_LAYER_TYPES[desc.media_type]
         if compression is None:
-            hint = " (encrypted layers are not supported yet)" if "+encrypted" in desc.media_type \
-                else ""
             raise UnsupportedMediaType(
-                f"layer {i + 1} has unsupported media type {desc.media_type!r}{hint}"
+                f"layer {i + 1} has unsupported media type {desc.media_type!r}"
             )
         if not isinstance(diff_id, str):
             raise ManifestError(f"diff_id {i + 1} is not a string")
-        out.append(Layer(desc, compression, validate_digest(diff_id)))
+        out.append(Layer(desc, compression, validate_digest(diff_id), encrypted))
     return out
 
 

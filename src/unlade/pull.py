@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from .content import BlobWriter, ContentStore
 from .decompress import CORRUPT_DATA_ERRORS, ReadAhead, open_decompressed
 from .errors import (
+    DecryptionError,
     DigestMismatch,
     Interrupted,
     LayerError,
@@ -161,6 +162,9 @@ class Puller:
         # fetched or stored; raises to refuse the image (the signature policy).
         self.admit: Callable[[Reference, bytes, str], Any] | None = None
         self.admitted: Any = None  # what ``admit`` returned (the policy's verdict)
+        self.decrypt: Any = None  # DecryptConfig: keys for ocicrypt-encrypted layers
+        self.require_encrypted = False  # refuse an image with any plain layer
+        self._layer_options: dict[int, Any] = {}  # per encrypted layer: its cipher options
         self._lock = threading.Lock()
 
     def _fetch_small(self, ref: Reference, digest: str, size: int) -> bytes:
@@ -207,6 +211,7 @@ class Puller:
             )
         config = parse_config(self._fetch_small(ref, cfg.digest, cfg.size))
         layers = layers_of(manifest, config)
+        self._open_encrypted(layers)
         plat = Platform(str(config.get("os", "")), str(config.get("architecture", "")),
                         str(config.get("variant", "")))
         result = PullResult(str(ref), manifest_digest, media_type, cfg.digest, str(plat))
@@ -230,6 +235,27 @@ class Puller:
         result.bytes_fetched = self.bytes_fetched
         result.seconds = time.monotonic() - start
         return result
+
+    def _open_encrypted(self, layers: list[Layer]) -> None:
+        """Unwrap every encrypted layer's key before anything is downloaded, so a missing
+        key fails at once; and refuse plain layers when encryption is required (an attacker
+        serving an unencrypted substitute is refused, not unpacked)."""
+        if self.require_encrypted:
+            plain = [str(i + 1) for i, layer in enumerate(layers) if not layer.encrypted]
+            if plain:
+                raise DecryptionError(
+                    f"encryption is required, but layer{'s' if len(plain) > 1 else ''} "
+                    f"{', '.join(plain)} of {len(layers)} {'are' if len(plain) > 1 else 'is'} "
+                    "not encrypted")
+        if not any(layer.encrypted for layer in layers):
+            return
+        from .decrypt import DecryptConfig, layer_options
+
+        config = self.decrypt or DecryptConfig()
+        for i, layer in enumerate(layers):
+            if layer.encrypted:
+                self._layer_options[i] = layer_options(layer.descriptor.annotations, config,
+                                                       f"layer {i + 1}")
 
     # -- downloads -----------------------------------------------------------------------
     def _download(
@@ -351,11 +377,15 @@ class Puller:
             for i, (layer, chain) in enumerate(zip(layers, chains, strict=True)):
                 writer = writers.get(layer.descriptor.digest)
 
+                options = self._layer_options.get(i)
+
                 def opener(layer: Layer = layer, writer: BlobWriter | None = writer,
-                           label: str = _label(i, layer)) -> VerifyingStream:
+                           label: str = _label(i, layer),
+                           options: Any = options) -> VerifyingStream:
                     raw = writer.follow() if writer is not None \
                         else self.store.open(layer.descriptor.digest)
-                    return VerifyingStream.of(raw, layer.compression, layer.diff_id, label)
+                    return VerifyingStream.of(raw, layer.compression, layer.diff_id, label,
+                                              options)
 
                 items.append(ChainLayer(chain, opener, _label(i, layer)))
             done = snapshotter.unpack_chain(items, workers=self.unpack_workers,
@@ -375,7 +405,8 @@ class Puller:
         label = _label(index, layer)
         raw: BinaryIO = writer.follow() if writer is not None \
             else self.store.open(layer.descriptor.digest)  # type: ignore[assignment]
-        stream = VerifyingStream.of(raw, layer.compression, layer.diff_id, label)
+        stream = VerifyingStream.of(raw, layer.compression, layer.diff_id, label,
+                                    self._layer_options.get(index))
         try:
             try:
                 stats = apply_layer(stream, root, layer=label)  # type: ignore[arg-type]
@@ -419,29 +450,38 @@ class VerifyingStream:
     when the stream is closed, and a mismatch raises so nothing is committed."""
 
     def __init__(self, store: ContentStore, digest: str, media_type: str, diff_id: str,
-                 label: str = "layer"):
-        from .manifest import LAYER_TYPES
+                 label: str = "layer", options: Any = None):
+        from .manifest import ENCRYPTED_LAYER_TYPES, LAYER_TYPES
 
-        compression = LAYER_TYPES.get(media_type)
+        compression = LAYER_TYPES.get(media_type) or ENCRYPTED_LAYER_TYPES.get(media_type)
         if compression is None:
             raise ManifestError(f"unsupported layer media type {media_type!r}")
-        self._setup(store.open(digest), compression, diff_id, label)
+        self._setup(store.open(digest), compression, diff_id, label, options)
 
     @classmethod
-    def of(cls, raw: BinaryIO, compression: str, diff_id: str, label: str) -> VerifyingStream:
-        """Over an open (possibly still growing) blob reader, which it closes."""
+    def of(cls, raw: BinaryIO, compression: str, diff_id: str, label: str,
+           options: Any = None) -> VerifyingStream:
+        """Over an open (possibly still growing) blob reader, which it closes. With
+        ``options`` (an encrypted layer's, from :func:`unlade.decrypt.layer_options`) the
+        blob is decrypted on the way, and its HMAC checked at its end."""
         self = cls.__new__(cls)
-        self._setup(raw, compression, diff_id, label)
+        self._setup(raw, compression, diff_id, label, options)
         return self
 
-    def _setup(self, raw: BinaryIO, compression: str, diff_id: str, label: str) -> None:
+    def _setup(self, raw: BinaryIO, compression: str, diff_id: str, label: str,
+               options: Any = None) -> None:
         self._raw = raw
         self._diff_id = diff_id
         self._label = label
         self._algo = diff_id.partition(":")[0]
         self._finished = False
         try:
-            source = open_decompressed(raw, compression)
+            ciphertext: Any = raw
+            if options is not None:  # ocicrypt: decrypt (and MAC) before inflating
+                from .decrypt import LayerCipher
+
+                ciphertext = LayerCipher(raw.readinto, options, label)  # type: ignore[attr-defined]
+            source = open_decompressed(ciphertext, compression)
 
             def readinto(buf: memoryview) -> int:
                 try:

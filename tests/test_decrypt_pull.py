@@ -1,0 +1,101 @@
+"""Pulling ocicrypt-encrypted images: encrypted by skopeo, decrypted by unlade in the one
+streamed pass (socket -> digest -> decrypt -> inflate -> diffID -> apply); the rootfs equals
+the plain image's, and a missing or wrong key leaves nothing behind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import encryption as en
+from harness.protocols import RunUnlade
+from harness.registry import Registry
+from harness.tools import require_tool
+from harness.tree import assert_same_tree
+
+TOOLS = ("docker-registry", "skopeo")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, en.EncKey]]:
+    require_tool(*TOOLS)
+    d = tmp_path_factory.mktemp("deckeys")
+    yield {"rsa": en.make_jwe_rsa(d), "ec": en.make_jwe_ec(d), "pkcs7": en.make_pkcs7(d),
+           "other": en.make_jwe_rsa(d, "other")}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory, registry: Registry,
+           keys: dict[str, en.EncKey]) -> dict[str, en.EncryptedImage]:
+    base = tmp_path_factory.mktemp("decimg")
+    return {
+        "rsa": en.encrypt_and_push(base / "rsa", registry, "dec/rsa", recipients=[keys["rsa"]]),
+        "two": en.encrypt_and_push(base / "two", registry, "dec/two",
+                                   recipients=[keys["ec"], keys["pkcs7"]]),
+        "some": en.encrypt_and_push(base / "some", registry, "dec/some",
+                                    recipients=[keys["rsa"]], layers_to_encrypt=[0, -1]),
+    }
+
+
+def _keys(*keys: en.EncKey) -> list[str]:
+    return [arg for k in keys for path in k.decryption_keys for arg in ("--decryption-key", path)]
+
+
+@pytest.mark.parametrize(("image", "key"), [("rsa", "rsa"), ("two", "ec"), ("two", "pkcs7"),
+                                            ("some", "rsa")])
+def test_decrypted_rootfs_equals_the_plain_image(
+        images: dict[str, en.EncryptedImage], keys: dict[str, en.EncKey], tmp_path: Path,
+        run_unlade: RunUnlade, image: str, key: str) -> None:
+    img = images[image]
+    run_unlade("pull", "--plain-http", "-q", img.plain_ref, "--rootfs", tmp_path / "plain",
+               check=True)
+    run_unlade("pull", "--plain-http", "-q", *_keys(keys[key]), img.ref,
+               "--rootfs", tmp_path / "decrypted", check=True)
+    assert_same_tree(tmp_path / "plain", tmp_path / "decrypted")
+
+
+def test_snapshots_of_an_encrypted_image(images: dict[str, en.EncryptedImage],
+                                         keys: dict[str, en.EncKey], tmp_path: Path,
+                                         run_unlade: RunUnlade) -> None:
+    img = images["rsa"]
+    run_unlade("pull", "--plain-http", "-q", "--snapshotter", "native", *_keys(keys["rsa"]),
+               img.ref, check=True)
+    run_unlade("bundle", img.ref, tmp_path / "bundle", check=True)
+    run_unlade("pull", "--plain-http", "-q", img.plain_ref, "--rootfs", tmp_path / "plain",
+               check=True)
+    assert_same_tree(tmp_path / "plain", tmp_path / "bundle" / "rootfs")
+    run_unlade("unmount", tmp_path / "bundle")
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    (None, "layer 1 is encrypted for jwe recipients; no decryption key was given"),
+    ("other", "layer 1 is encrypted for jwe recipients; none of the 1 given keys opens it"),
+])
+def test_missing_or_wrong_key(images: dict[str, en.EncryptedImage], keys: dict[str, en.EncKey],
+                              tmp_path: Path, run_unlade: RunUnlade, unlade_root: Path,
+                              key: str | None, message: str) -> None:
+    args = _keys(keys[key]) if key else []
+    proc = run_unlade("pull", "--plain-http", *args, images["rsa"].ref,
+                      "--rootfs", tmp_path / "rootfs")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"unlade: error: {message}"]
+    assert not (tmp_path / "rootfs").exists()
+    layers = {layer["digest"] for layer in images["rsa"].layers}
+    stored = {p.name for p in (unlade_root / "blobs" / "sha256").glob("*")} \
+        if (unlade_root / "blobs").exists() else set()
+    assert not layers & {"sha256:" + name for name in stored}, "no layer was downloaded"
+
+
+def test_require_encrypted(images: dict[str, en.EncryptedImage], keys: dict[str, en.EncKey],
+                           tmp_path: Path, run_unlade: RunUnlade) -> None:
+    partly = run_unlade("pull", "--plain-http", "--require-encrypted", *_keys(keys["rsa"]),
+                        images["some"].ref, "--rootfs", tmp_path / "a")
+    assert partly.returncode == 1
+    assert partly.stderr.strip() == ("unlade: error: encryption is required, but layer 2 of 3 "
+                                     "is not encrypted")
+    plain = run_unlade("pull", "--plain-http", "--require-encrypted", images["rsa"].plain_ref,
+                       "--rootfs", tmp_path / "b")
+    assert "layers 1, 2, 3 of 3 are not encrypted" in plain.stderr
+    run_unlade("pull", "--plain-http", "-q", "--require-encrypted", *_keys(keys["rsa"]),
+               images["rsa"].ref, "--rootfs", tmp_path / "c", check=True)
