@@ -57,8 +57,20 @@ def test_layer_media_types(media_type: str, layer_type: str, compression: str) -
     assert (layer.compression, layer.diff_id, layer.descriptor.digest) == (compression, D3, D2)
 
 
+@pytest.mark.parametrize(("layer_type", "compression"), [
+    ("application/vnd.oci.image.layer.v1.tar+gzip+encrypted", "gzip"),
+    ("application/vnd.oci.image.layer.v1.tar+zstd+encrypted", "zstd"),
+    ("application/vnd.oci.image.layer.v1.tar+encrypted", "none"),
+])
+def test_encrypted_layer_types(layer_type: str, compression: str) -> None:
+    manifest = parse(_manifest(OCI_MANIFEST, layer_type), None)
+    assert isinstance(manifest, Manifest)
+    (layer,) = layers_of(manifest, {"rootfs": {"diff_ids": [D3]}})
+    assert (layer.compression, layer.encrypted) == (compression, True)
+
+
 @pytest.mark.parametrize("layer_type,needle", [
-    ("application/vnd.oci.image.layer.v1.tar+gzip+encrypted", "encrypted"),
+    ("application/vnd.oci.image.layer.v1.tar+bzip2+encrypted", "bzip2"),
     ("application/x-custom", "application/x-custom"),
 ])
 def test_unknown_layer_type_is_named(layer_type: str, needle: str) -> None:
