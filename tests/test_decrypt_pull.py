@@ -99,3 +99,34 @@ def test_require_encrypted(images: dict[str, en.EncryptedImage], keys: dict[str,
     assert "layers 1, 2, 3 of 3 are not encrypted" in plain.stderr
     run_unlade("pull", "--plain-http", "-q", "--require-encrypted", *_keys(keys["rsa"]),
                images["rsa"].ref, "--rootfs", tmp_path / "c", check=True)
+
+
+def test_tampered_annotations_fail_the_integrity_check(
+        images: dict[str, en.EncryptedImage], keys: dict[str, en.EncKey], registry: Registry,
+        tmp_path: Path, run_unlade: RunUnlade) -> None:
+    """An attacker who cannot touch the blobs (digests) edits the manifest's public
+    options instead: the layer decrypts, but its HMAC no longer matches, so the pull fails
+    at the end of that layer and no rootfs appears."""
+    import base64
+    import json
+
+    img = images["rsa"]
+    manifest = json.loads(img.manifest_bytes)
+    layer = manifest["layers"][0]
+    pub = json.loads(base64.b64decode(layer["annotations"]["org.opencontainers.image.enc.pubopts"]))
+    mac = bytearray(base64.b64decode(pub["hmac"]))
+    mac[0] ^= 1
+    pub["hmac"] = base64.b64encode(bytes(mac)).decode()
+    layer["annotations"]["org.opencontainers.image.enc.pubopts"] = base64.b64encode(
+        json.dumps(pub).encode()).decode()
+    registry.put_manifest("dec/rsa", "tampered", json.dumps(manifest).encode(),
+                          manifest["mediaType"])
+    ref = img.ref.rsplit(":", 1)[0] + ":tampered"
+    proc = run_unlade("pull", "--plain-http", *_keys(keys["rsa"]), ref,
+                      "--rootfs", tmp_path / "rootfs")
+    assert proc.returncode == 1
+    digest = img.layers[0]["digest"]
+    assert proc.stderr.strip() == (f"unlade: error: integrity check failed for layer 1 "
+                                   f"({digest[:19]}) (HMAC)")
+    assert not (tmp_path / "rootfs").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rootfs.unlade-")]

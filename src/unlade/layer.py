@@ -1191,7 +1191,7 @@ def apply_layer(
     except _Fail as err:
         raise err.kind(f"{layer}: entry {shown(reader.entry_name)}: {err}") from None
     except UnladeError as err:
-        if isinstance(err, LayerError):
+        if isinstance(err, LayerError) and layer not in str(err):  # else it names it
             raise type(err)(f"{layer}: {err}") from None
         raise
     except (ValueError, OverflowError) as err:  # NUL in a name, device number too large

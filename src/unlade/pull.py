@@ -411,7 +411,7 @@ class Puller:
             try:
                 stats = apply_layer(stream, root, layer=label)  # type: ignore[arg-type]
             except LayerError as err:
-                if str(err).startswith(label):
+                if label in str(err):  # it names the layer already
                     raise
                 raise type(err)(f"{label}: {err}") from None
             stream.finish()
