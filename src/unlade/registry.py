@@ -362,18 +362,20 @@ class RegistryClient:
         return self.request_path(ref, f"/v2/{ref.repository}/{path}", headers=headers,
                                  stream=stream, cancel=cancel)
 
-    def _redirect_target(self, url: str, location: str, ref: Reference) -> str:
+    @staticmethod
+    def _redirect_target(url: str, location: str, who: str) -> str:
+        """Where a redirect from ``url`` leads; ``who`` (the server) names it in errors."""
         try:
             target = urljoin(url, location)
             parts = urlsplit(target)
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError:
-            raise RegistryError(f"{ref.registry} sent an invalid redirect {location[:200]!r}") \
+            raise RegistryError(f"{who} sent an invalid redirect {location[:200]!r}") \
                 from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise RegistryError(f"{ref.registry} sent an invalid redirect {location[:200]!r}")
+            raise RegistryError(f"{who} sent an invalid redirect {location[:200]!r}")
         if urlsplit(url).scheme == "https" and parts.scheme == "http":
-            raise RegistryError(f"{ref.registry} redirected from https to plain http; refused")
+            raise RegistryError(f"{who} redirected from https to plain http; refused")
         return target
 
     def _unauthorized_message(self, ref: Reference, challenge: str) -> str:
@@ -529,7 +531,7 @@ class RegistryClient:
                     raise RegistryError(f"too many redirects fetching {path} from {ref.registry}")
                 location = resp.headers["Location"]
                 _discard(resp)
-                url = self._redirect_target(url, location, ref)
+                url = self._redirect_target(url, location, ref.registry)
                 continue
             return resp
 
@@ -558,18 +560,7 @@ class RegistryClient:
             _discard(resp)
             if redirects > 5:
                 raise RegistryError(f"too many redirects fetching {parts.netloc}{parts.path}")
-            try:
-                target = urljoin(url, location)
-                new = urlsplit(target)
-                new.port  # noqa: B018 - raises ValueError on a bad port
-            except ValueError:
-                raise RegistryError(f"{parts.netloc} sent an invalid redirect {location[:200]!r}") \
-                    from None
-            if new.scheme not in ("http", "https") or not new.hostname:
-                raise RegistryError(f"{parts.netloc} sent an invalid redirect {location[:200]!r}")
-            if parts.scheme == "https" and new.scheme == "http":
-                raise RegistryError(f"{parts.netloc} redirected from https to plain http; refused")
-            url = target
+            url = self._redirect_target(url, location, parts.netloc)
 
 
 def _reason(err: BaseException) -> str:
