@@ -62,6 +62,7 @@ def test_documented_example_parses(tmp_path: Path) -> None:
                           no_proxy="localhost,127.0.0.1,.internal"),
         plain_http_registries=("127.0.0.1:5000", "registry.local"),
         cert_dir=Path("/etc/unlade/certs.d"),
+        require_encrypted=("registry.example/confidential", "*.secure.example"),
     )
     assert c.source == conf
 

@@ -337,7 +337,11 @@ def test_pgp_several_recipients(pgp_keys: list[Any]) -> None:
 # -- keys from files and whole layers ---------------------------------------------------------
 
 def test_keys_are_sorted_by_content(tmp_path: Any, rsa_keys: list[Any], ec_key: Any,
-                                    certs: list[Any], pgp_keys: list[Any]) -> None:
+                                    certs: list[Any], pgp_keys: list[Any],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "ocicrypt.conf"
+    conf.write_text('{"key-providers": {"kbs": {"grpc": "127.0.0.1:9"}}}')
+    monkeypatch.setenv("OCICRYPT_KEYPROVIDER_CONFIG", str(conf))
     files = {
         "rsa.pem": pem(rsa_keys[0]),
         "rsa.der": rsa_keys[1].private_bytes(serialization.Encoding.DER,
@@ -362,6 +366,7 @@ def test_keys_are_sorted_by_content(tmp_path: Any, rsa_keys: list[Any], ec_key: 
     assert len(config.pgp_keys) == 1
     assert config.provider_specs == ["kbs"]
     assert config.given == 6  # a certificate is not a key
+    assert list(config.key_providers) == ["kbs"]
 
     with pytest.raises(ConfigError, match="no password"):
         DecryptConfig.from_specs([str(tmp_path / "enc.pem")])

@@ -130,3 +130,61 @@ def test_tampered_annotations_fail_the_integrity_check(
                                    f"({digest[:19]}) (HMAC)")
     assert not (tmp_path / "rootfs").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rootfs.unlade-")]
+
+
+def test_tampered_ciphertext_fails_the_integrity_check(
+        images: dict[str, en.EncryptedImage], keys: dict[str, en.EncKey], registry: Registry,
+        tmp_path: Path, run_unlade: RunUnlade, unlade_root: Path) -> None:
+    """A registry that serves other ciphertext under a manifest it controls: the blob
+    digest holds (the manifest names the new blob), the bytes decrypt to corrupt gzip, and
+    the error says what happened -- the HMAC does not match -- rather than "bad gzip"."""
+    import json
+
+    img = images["rsa"]
+    manifest = json.loads(img.manifest_bytes)
+    layer = manifest["layers"][1]
+    blob = bytearray(en.fetch_blob(registry, "dec/rsa", layer["digest"]))
+    blob[len(blob) // 2] ^= 0x40
+    layer["digest"] = registry.upload_blob("dec/rsa", bytes(blob))
+    registry.put_manifest("dec/rsa", "tampered-blob", json.dumps(manifest).encode(),
+                          manifest["mediaType"])
+    ref = img.ref.rsplit(":", 1)[0] + ":tampered-blob"
+    for snapshot_args in ([], ["--snapshotter", "native"]):
+        rootfs = ["--rootfs", str(tmp_path / "rootfs")] if not snapshot_args else []
+        proc = run_unlade("pull", "--plain-http", *snapshot_args, *_keys(keys["rsa"]), ref,
+                          *rootfs)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.strip() == (f"unlade: error: integrity check failed for layer 2 "
+                                       f"({layer['digest'][:19]}) (HMAC)")
+        assert not (tmp_path / "rootfs").exists()
+    listing = run_unlade("images", "--json", check=True)
+    assert "tampered-blob" not in listing.stdout
+    check = run_unlade("check", check=True)
+    assert check.returncode == 0
+
+
+def test_require_encrypted_per_scope_in_the_config_file(
+        images: dict[str, en.EncryptedImage], keys: dict[str, en.EncKey], registry: Registry,
+        tmp_path: Path, run_unlade: RunUnlade) -> None:
+    """``require_encrypted`` in unlade.toml lists the scopes that must be encrypted:
+    a plain image there is refused, the same plain image elsewhere is not."""
+    conf = tmp_path / "unlade.toml"
+    conf.write_text(f'require_encrypted = ["{registry.host}/dec/some"]\n')
+    refused = run_unlade("--config", conf, "pull", "--plain-http", *_keys(keys["rsa"]),
+                         images["some"].ref, "--rootfs", tmp_path / "a")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == ("unlade: error: encryption is required, but layer 2 "
+                                      "of 3 is not encrypted")
+    run_unlade("--config", conf, "pull", "--plain-http", "-q", images["rsa"].plain_ref,
+               "--rootfs", tmp_path / "b", check=True)  # another repository: not covered
+    conf.write_text(f'require_encrypted = ["{registry.host}"]\n')
+    refused = run_unlade("--config", conf, "pull", "--plain-http", images["rsa"].plain_ref,
+                         "--rootfs", tmp_path / "c")
+    assert "layers 1, 2, 3 of 3 are not encrypted" in refused.stderr
+    conf.write_text("require_encrypted = true\n")
+    run_unlade("--config", conf, "pull", "--plain-http", "-q", *_keys(keys["rsa"]),
+               images["rsa"].ref, "--rootfs", tmp_path / "d", check=True)
+    conf.write_text('require_encrypted = ["not a scope"]\n')
+    bad = run_unlade("--config", conf, "pull", "--plain-http", images["rsa"].ref)
+    assert bad.returncode == 2 or bad.returncode == 1
+    assert "require_encrypted[0]: 'not a scope' is not a scope" in bad.stderr

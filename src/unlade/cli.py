@@ -107,9 +107,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="accept the image whatever the signature policy says")
     pull.add_argument("--decryption-key", metavar="FILE[:PASSWORD]", action="append",
                       help="a key for ocicrypt-encrypted layers (JWE private key, PKCS7 "
-                           "key or certificate, OpenPGP secret key); repeatable")
-    pull.add_argument("--require-encrypted", action="store_true",
-                      help="refuse the image unless every layer is encrypted")
+                           "key or certificate, OpenPGP secret key), or provider:NAME"
+                           "[:PARAMS] for a key provider of $OCICRYPT_KEYPROVIDER_CONFIG; "
+                           "repeatable")
+    pull.add_argument("--require-encrypted", action="store_true", default=None,
+                      help="refuse the image unless every layer is encrypted (default: "
+                           "the config file's require_encrypted scopes)")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
     kinds = ("overlayfs", "native", "auto")
     pull.add_argument("--snapshotter", choices=kinds, default=None,
@@ -200,7 +203,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
     overrides = {"root": args.root}
     for key in ("policy", "registries_d", "authfile", "snapshotter", "unpack_workers",
-                "cert_dir", "insecure_policy"):
+                "cert_dir", "insecure_policy", "require_encrypted"):
         overrides[key] = getattr(args, key, None)
     return load_config(args.config).merged(overrides)
 
@@ -218,13 +221,12 @@ def _registry_client(args: argparse.Namespace, **extra: Any) -> Any:
         snapshotter=cfg.snapshotter or "auto", unpack_workers=cfg.unpack_workers,
         policy=cfg.policy, registries_d=cfg.registries_d,
         insecure_policy=bool(cfg.insecure_policy), resources=cfg.resource_provider(),
-        **extra,
+        require_encrypted=cfg.require_encrypted, **extra,
     )
 
 
 def _pull(args: argparse.Namespace) -> int:
-    client = _registry_client(args, decryption_keys=args.decryption_key,
-                              require_encrypted=args.require_encrypted)
+    client = _registry_client(args, decryption_keys=args.decryption_key)
     show_bars = not (args.json or args.quiet) and sys.stderr.isatty()
     options = {"rootfs": args.rootfs, "platform": args.platform,
                "unpack": not args.no_unpack}

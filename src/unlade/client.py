@@ -93,7 +93,7 @@ class Client:
         insecure_policy: bool = False,
         resources: ResourceProvider | None = None,
         decryption_keys: Sequence[str] | DecryptConfig | None = None,
-        require_encrypted: bool = False,
+        require_encrypted: bool | Sequence[str] = False,
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.store = ContentStore(self.root)
@@ -106,13 +106,7 @@ class Client:
         self.unpack_workers = unpack_workers
         self.trust = Trust(policy, registries_d, insecure_policy, resources)
         self.require_encrypted = require_encrypted
-        self.decrypt: DecryptConfig | None = None
-        if decryption_keys is not None and not isinstance(decryption_keys, list | tuple):
-            self.decrypt = decryption_keys  # type: ignore[assignment]
-        elif decryption_keys:
-            from .decrypt import DecryptConfig
-
-            self.decrypt = DecryptConfig.from_specs(decryption_keys)
+        self.decrypt = _decrypt_config(decryption_keys)
         if isinstance(creds, str):
             creds = parse_creds(creds)
         auth: str | AuthDocument | None = os.fspath(authfile) if authfile else None
@@ -139,6 +133,8 @@ class Client:
         progress: Progress | None = None,
         unpack: bool = True,
         snapshotter: str | None = None,
+        decryption_keys: Sequence[str] | DecryptConfig | None = None,
+        require_encrypted: bool | Sequence[str] | None = None,
     ) -> PullResult:
         """Fetch and verify ``ref`` into the store and unpack it: into snapshots (one per
         layer, shared with every image that has the same layers below) or, with
@@ -149,8 +145,16 @@ class Client:
         by default) for multi-platform images. Raises
         :class:`~unlade.errors.UnladeError` subclasses on failure; a failed pull leaves
         only verified blobs and committed snapshots behind.
+
+        ``decryption_keys`` (skopeo's ``--decryption-key`` values, ``provider:NAME[:PARAMS]``
+        included, or a :class:`~unlade.decrypt.DecryptConfig`) and ``require_encrypted``
+        (True, or the scopes it applies to) replace the client's for this pull, as image-rs
+        takes its decrypt config per ``pull_image`` call.
         """
         reference = parse_reference(ref) if isinstance(ref, str) else ref
+        decrypt = self.decrypt if decryption_keys is None else _decrypt_config(
+            decryption_keys)
+        required = self.requires_encryption(reference, require_encrypted)
         plat = Platform.parse(platform) if isinstance(platform, str) else platform
         snap = self.snapshotter(snapshotter) if unpack and rootfs is None else None
         with store_lock(self.root, exclusive=False):
@@ -158,14 +162,26 @@ class Client:
             puller.unpack_workers = self.unpack_workers
             puller.admit = lambda r, data, digest: self.trust.check(self.registry, r, data,
                                                                     digest)
-            puller.decrypt = self.decrypt
-            puller.require_encrypted = self.require_encrypted
+            puller.decrypt = decrypt
+            puller.require_encrypted = required
             result = puller.pull(reference,
                                  rootfs=Path(rootfs).absolute() if rootfs is not None else None,
                                  platform=plat, snapshotter=snap)
             _images.record_pull(self.meta, self.store, str(reference), result.manifest_digest,
                                 puller.extra_blobs, snap.name if snap is not None else "")
         return result
+
+    def requires_encryption(self, ref: str | Reference,
+                            setting: bool | Sequence[str] | None = None) -> bool:
+        """Whether ``ref`` must be fully encrypted under ``setting`` (default: the
+        client's ``require_encrypted``): True, False, or policy.json scopes."""
+        setting = self.require_encrypted if setting is None else setting
+        if isinstance(setting, bool):
+            return setting
+        from .policy import scope_matches
+
+        reference = parse_reference(ref) if isinstance(ref, str) else ref
+        return scope_matches(tuple(setting), reference)
 
     def _layer_options(self, descriptor: dict[str, Any], label: str) -> Any:
         """An encrypted stored layer's cipher options (its key unwrapped with this
@@ -326,3 +342,15 @@ class Client:
     def check(self) -> CheckResult:
         """Re-hash every blob and check every record against the content."""
         return _images.check(self.root, self.meta, self.store)
+
+
+def _decrypt_config(keys: Sequence[str] | DecryptConfig | None) -> DecryptConfig | None:
+    if keys is None or isinstance(keys, str):
+        if isinstance(keys, str):
+            raise TypeError("decryption_keys must be a list of key specs, not one string")
+        return None
+    from .decrypt import DecryptConfig
+
+    if isinstance(keys, DecryptConfig):
+        return keys
+    return DecryptConfig.from_specs(keys) if keys else None

@@ -60,6 +60,12 @@ so a typo never silently falls back to a default)::
     # (the gRPC CDH's default).
     kbs_address = "127.0.0.1:50000"
 
+    # Refuse images with any unencrypted layer (the guard against a registry serving a
+    # plain substitute for an encrypted image): true for every image, or the policy.json
+    # scopes it applies to -- "registry", "registry/namespace", "registry/repo",
+    # "registry/repo:tag", "*.domain". --require-encrypted makes it true. Default false.
+    require_encrypted = ["registry.example/confidential", "*.secure.example"]
+
     # Registries (host or host:port) spoken to over plain HTTP instead of HTTPS.
     # Default: none.
     plain_http_registries = ["127.0.0.1:5000", "registry.local"]
@@ -95,6 +101,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .policy import scope_matches, valid_scope
+from .reference import Reference
 from .resources import (
     DEFAULT_CDH_ADDRESS,
     CdhResourceProvider,
@@ -157,6 +165,8 @@ class UnladeConfig:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     plain_http_registries: tuple[str, ...] = ()
     cert_dir: Path | None = None
+    #: Scopes whose images must be fully encrypted; ``("",)`` means every image.
+    require_encrypted: tuple[str, ...] = ()
     source: Path | None = field(default=None, compare=False)
 
     # -- loading -------------------------------------------------------------------------
@@ -234,6 +244,10 @@ class UnladeConfig:
         host = registry.lower()
         listed = {r.lower() for r in self.plain_http_registries}
         return host in listed or _host_of(host) in listed
+
+    def requires_encryption(self, ref: Reference) -> bool:
+        """Whether ``require_encrypted`` covers ``ref``."""
+        return scope_matches(self.require_encrypted, ref)
 
     def resource_provider(self, timeout: float = 10) -> CdhResourceProvider:
         """The provider for ``kbs:///`` resources at ``kbs_address`` (no connection is
@@ -365,6 +379,22 @@ def _hosts(value: Any, where: str, base: Path) -> tuple[str, ...]:
     return tuple(hosts)
 
 
+def _encryption_scopes(value: Any, where: str, base: Path) -> tuple[str, ...]:
+    if isinstance(value, bool):
+        return ("",) if value else ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected true, false or an array of scopes, got "
+                          f"{_type_name(value)}")
+    scopes = []
+    for i, item in enumerate(value):
+        scope = _str(item, f"{where}[{i}]", base)
+        if not valid_scope(scope):
+            raise ConfigError(f"{where}[{i}]: {scope!r} is not a scope (registry, "
+                              "registry/repository[:tag] or *.domain)")
+        scopes.append(scope)
+    return tuple(scopes)
+
+
 def _proxy(value: Any, where: str) -> ProxyConfig:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: proxy: expected a table, got {_type_name(value)}")
@@ -400,4 +430,5 @@ _CHECKS: dict[str, Callable[[Any, str, Path], Any]] = {
     "proxy": lambda value, where, base: _proxy(value, where),
     "plain_http_registries": _hosts,
     "cert_dir": _path,
+    "require_encrypted": _encryption_scopes,
 }

@@ -188,6 +188,19 @@ class LayerCipher(io.RawIOBase):
         """True once the end was reached and the HMAC matched."""
         return self._verified
 
+    def check_rest(self) -> None:
+        """MAC the rest of the ciphertext without decrypting it, and raise the integrity
+        error if the HMAC does not match. Called when the plaintext turned out corrupt, so
+        that tampering is reported as tampering rather than as bad gzip."""
+        if self._verified:
+            return
+        scratch = memoryview(bytearray(256 * 1024))
+        while n := self._raw_readinto(scratch):
+            self._mac.update(scratch[:n])
+        if not hmac.compare_digest(self._mac.digest(), self._expected):
+            raise DecryptionError(f"integrity check failed for {self._label} (HMAC)")
+        self._verified = True
+
 
 def decrypting_reader(raw_readinto: Callable[[memoryview], int], options: LayerOptions,
                       label: str = "layer") -> Callable[[memoryview], int]:
@@ -393,25 +406,38 @@ class DecryptConfig:
     private_keys: list[Any] = field(default_factory=list)  # cryptography keys or JWKs
     certificates: list[Any] = field(default_factory=list)  # cryptography x509
     pgp_keys: list[tuple[Any, str | None]] = field(default_factory=list)
-    #: Hook for the keyprovider protocol: NAME -> unwrap function. ``provider:NAME...``
-    #: specs are recorded in ``provider_specs`` for the caller to turn into providers.
+    #: The keyprovider protocol: NAME -> unwrap function (a
+    #: :class:`~unlade.keyprovider.KeyProvider` or any callable); ``provider:NAME[:PARAMS]``
+    #: specs are kept in ``provider_specs``.
     key_providers: dict[str, KeyProvider] = field(default_factory=dict)
     provider_specs: list[str] = field(default_factory=list)
     given: int = 0
 
     @classmethod
-    def from_specs(cls, specs: Iterable[str]) -> DecryptConfig:
+    def from_specs(cls, specs: Iterable[str], *,
+                   keyprovider_config: str | os.PathLike[str] | None = None) -> DecryptConfig:
+        """Keys as skopeo's ``--decryption-key`` takes them. ``provider:NAME`` specs are
+        looked up in ``keyprovider_config`` (default ``$OCICRYPT_KEYPROVIDER_CONFIG``)."""
         config = cls()
         for spec in specs:
             config.add_spec(spec)
+        if config.provider_specs:
+            from .keyprovider import make_providers
+
+            config.key_providers.update(make_providers(config.provider_specs,
+                                                       keyprovider_config))
         return config
 
     def add_spec(self, spec: str) -> None:
         """``FILE``, ``FILE:PASSWORD`` (password as ocicrypt reads it) or
         ``provider:NAME[:...]``."""
         if spec.startswith("provider:"):
+            from .keyprovider import parse_provider_spec
+
+            name, _ = parse_provider_spec(spec[len("provider:"):])
+            if not any(s.partition(":")[0] == name for s in self.provider_specs):
+                self.given += 1
             self.provider_specs.append(spec[len("provider:"):])
-            self.given += 1
             return
         parts = spec.split(":")
         password = _password(parts[1]) if len(parts) == 2 else None
@@ -535,6 +561,7 @@ def layer_options(annotations: Mapping[str, str], config: DecryptConfig,
         raise DecryptionError(f"{label} is encrypted but carries no wrapped keys")
     schemes = sorted(wrapped, key=_scheme_order)
     private: bytes | None = None
+    provider_error: DecryptionError | None = None
     for scheme in schemes:
         unwrap = _unwrapper(scheme, config)
         if unwrap is None:
@@ -546,12 +573,16 @@ def layer_options(annotations: Mapping[str, str], config: DecryptConfig,
                 continue
             try:
                 private = unwrap(data)
-            except DecryptionError:
+            except DecryptionError as e:
+                if scheme.startswith("provider.") and provider_error is None:
+                    provider_error = e
                 continue
             if private is not None:
                 break
         if private is not None:
             break
+    if private is None and provider_error is not None:
+        raise type(provider_error)(f"{label}: {provider_error}")
     if private is None:
         names = ", ".join(s.removeprefix("provider.") if s.startswith("provider.") else s
                           for s in schemes)

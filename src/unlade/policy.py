@@ -499,6 +499,20 @@ def _valid_scope(scope: str) -> bool:
     return not (ref.digest and _tagged(scope.split("@", 1)[0]))
 
 
+def valid_scope(scope: str) -> bool:
+    """Whether ``scope`` is a docker-transport scope that can match an image (``""``
+    matches every image)."""
+    return _valid_scope(scope)
+
+
+def scope_matches(scopes: Sequence[str] | frozenset[str], ref: Reference) -> bool:
+    """Whether any of ``scopes`` covers ``ref`` (``""`` covers every image)."""
+    if not scopes:
+        return False
+    wanted = set(scopes)
+    return "" in wanted or any(s in wanted for s in _scopes(ref))
+
+
 @dataclass
 class Policy:
     """A loaded policy.json."""

@@ -477,19 +477,23 @@ class VerifyingStream:
         self._finished = False
         try:
             ciphertext: Any = raw
+            cipher: Any = None
             if options is not None:  # ocicrypt: decrypt (and MAC) before inflating
                 from .decrypt import LayerCipher
 
-                ciphertext = LayerCipher(raw.readinto, options, label)  # type: ignore[attr-defined]
+                ciphertext = cipher = LayerCipher(raw.readinto, options, label)  # type: ignore[attr-defined]
             source = open_decompressed(ciphertext, compression)
 
             def readinto(buf: memoryview) -> int:
                 try:
                     return source.readinto(buf)  # type: ignore[attr-defined,no-any-return]
                 except EOFError:
-                    raise TruncatedLayer(f"{compression} stream ends early") from None
+                    error: LayerError = TruncatedLayer(f"{compression} stream ends early")
                 except CORRUPT_DATA_ERRORS as err:
-                    raise MalformedLayer(f"corrupt {compression} data ({err})") from None
+                    error = MalformedLayer(f"corrupt {compression} data ({err})")
+                if cipher is not None:  # tampered ciphertext decrypts to corrupt data
+                    cipher.check_rest()
+                raise error
 
             # Inflate and hash on threads of their own, so the applier gets the other core.
             self._stream = ReadAhead(readinto, hasher=hashlib.new(self._algo),
