@@ -22,7 +22,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, en.EncK
     require_tool(*TOOLS)
     d = tmp_path_factory.mktemp("deckeys")
     yield {"rsa": en.make_jwe_rsa(d), "ec": en.make_jwe_ec(d), "pkcs7": en.make_pkcs7(d),
-           "other": en.make_jwe_rsa(d, "other")}
+           "other": en.make_jwe_rsa(d, "other"), "pgp": en.make_pgp(d / "gpg")}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,8 @@ def images(tmp_path_factory: pytest.TempPathFactory, registry: Registry,
                                    recipients=[keys["ec"], keys["pkcs7"]]),
         "some": en.encrypt_and_push(base / "some", registry, "dec/some",
                                     recipients=[keys["rsa"]], layers_to_encrypt=[0, -1]),
+        "pgp": en.encrypt_and_push(base / "pgp", registry, "dec/pgp",
+                                   recipients=[keys["pgp"]]),
     }
 
 
@@ -43,7 +45,7 @@ def _keys(*keys: en.EncKey) -> list[str]:
 
 
 @pytest.mark.parametrize(("image", "key"), [("rsa", "rsa"), ("two", "ec"), ("two", "pkcs7"),
-                                            ("some", "rsa")])
+                                            ("some", "rsa"), ("pgp", "pgp")])
 def test_decrypted_rootfs_equals_the_plain_image(
         images: dict[str, en.EncryptedImage], keys: dict[str, en.EncKey], tmp_path: Path,
         run_unlade: RunUnlade, image: str, key: str) -> None:

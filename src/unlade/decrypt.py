@@ -365,13 +365,64 @@ def unwrap_pgp(wrapped: bytes, secret_keys: Iterable[tuple[Any, str | None]]) ->
     ``secret_keys`` are ``(pysequoia.Tsk, password or None)``."""
     import pysequoia
 
+    secret_keys = list(secret_keys)
     for tsk, password in secret_keys:
         try:
             return bytes(pysequoia.decrypt(bytes=wrapped,
                                            decryptor=tsk.decryptor(password)).bytes)
         except Exception:  # pysequoia raises bare RuntimeErrors carrying a Rust backtrace
             continue
+    opened = _gpg_decrypt(wrapped, secret_keys)
+    if opened is not None:
+        return opened
     raise DecryptionError("no given key opens the OpenPGP wrapped key")
+
+
+#: What gpg may print as the private options: they are ~200 bytes.
+_GPG_MAX_OUTPUT = 64 * 1024
+
+
+def _gpg_decrypt(wrapped: bytes, secret_keys: Sequence[tuple[Any, str | None]]
+                 ) -> bytes | None:
+    """Open the message with gpg, when installed, in a throwaway GNUPGHOME.
+
+    ocicrypt encrypts with Go's x/crypto/openpgp, which writes the RSA session key as an
+    MPI with a non-minimal bit count and splits packets into partial lengths shorter than
+    RFC 4880 allows; Sequoia refuses such messages as malformed, gpg reads them. So gpg is
+    the second try, as it is for ocicrypt's own GPG key lookups."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    gpg = shutil.which("gpg")
+    if gpg is None or not secret_keys:
+        return None
+    with tempfile.TemporaryDirectory(prefix="unlade-gpg-") as home:
+        base = [gpg, "--homedir", home, "--batch", "--quiet", "--no-tty",
+                "--no-permission-warning"]
+        try:
+            for tsk, _ in secret_keys:
+                subprocess.run([*base, "--import"], input=bytes(tsk), capture_output=True,
+                               timeout=30, check=False)
+            message = os.path.join(home, "message.gpg")
+            with open(message, "wb") as f:
+                f.write(wrapped)
+            for password in dict.fromkeys(p or "" for _, p in secret_keys):
+                proc = subprocess.run(
+                    [*base, "--pinentry-mode", "loopback", "--passphrase-fd", "0",
+                     "--decrypt", message],
+                    input=password.encode() + b"\n", capture_output=True, timeout=30,
+                    check=False)
+                if proc.returncode == 0 and 0 < len(proc.stdout) <= _GPG_MAX_OUTPUT:
+                    return proc.stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        finally:
+            gpgconf = shutil.which("gpgconf")
+            if gpgconf is not None:  # stop the agent gpg started for the secret key
+                subprocess.run([gpgconf, "--homedir", home, "--kill", "all"],
+                               capture_output=True, timeout=30, check=False)
+    return None
 
 
 # -- keys ------------------------------------------------------------------------------------
