@@ -42,7 +42,7 @@ def _scale(doc: dict[str, Any], phase: str, tool: str, metric: str, factor: floa
 
 def _tools(doc: dict[str, Any], phase: str) -> list[str]:
     """The tools of ``phase`` in ``doc``, in the report's order."""
-    order = ("unlade", "unlade-snap", "containerd", "umoci", "skopeo", "limit")
+    order = ("unlade", "unlade-snap", "unlade-enc", "containerd", "umoci", "skopeo", "limit")
     return [t for t in order if t in doc["summary"][phase]]
 
 

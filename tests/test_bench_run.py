@@ -142,7 +142,7 @@ def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
     lines: list[str] = []
     out = tmp_path / "out"
     doc = run_benchmark(ref, {"layout": layout, "tag": "v1"}, runs=1,
-                        tools=["unlade", "unlade-snap", "containerd", "limit"],
+                        tools=["unlade", "unlade-snap", "unlade-enc", "containerd", "limit"],
                         phases=["pull", "unpack"],
                         output=out, tmpfs=False, log=lines.append, workdir=tmp_path / "work",
                         reference_image=small_ref)
@@ -163,9 +163,9 @@ def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
 
     runs = [r for r in saved["runs"] if r["kind"] == "timed"]
     assert sorted((r["phase"], r["tool"]) for r in runs) == [
-        ("pull", "containerd"), ("pull", "unlade"), ("pull", "unlade-snap"),
-        ("unpack", "containerd"), ("unpack", "limit"), ("unpack", "unlade"),
-        ("unpack", "unlade-snap")]
+        ("pull", "containerd"), ("pull", "unlade"), ("pull", "unlade-enc"),
+        ("pull", "unlade-snap"), ("unpack", "containerd"), ("unpack", "limit"),
+        ("unpack", "unlade"), ("unpack", "unlade-enc"), ("unpack", "unlade-snap")]
     for r in runs:
         check = r["check"]
         assert r["valid"], (r["tool"], r["phase"], r["error"], check)
@@ -189,6 +189,14 @@ def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
         assert "--rootfs" not in argv
         assert snap["check"]["entries"] == 48  # through the mount: whiteouts applied
     assert saved["summary"]["unpack"]["limit"]["valid_runs"] == 1
+    for phase in ("pull", "unpack"):  # the encrypted copy, decrypted to the same tree
+        enc = by[(phase, "unlade-enc")]
+        argv = enc["commands"][0][0]
+        assert argv[argv.index("pull"):][:4] == ["pull", "--plain-http", "-q",
+                                                 "--decryption-key"]
+        assert f"{ref}-encrypted" in argv and enc["check"]["entries"] == 48
+    overhead = {t["name"]: t for t in saved["targets"]}["decryption overhead"]
+    assert overhead["value"] is not None and overhead["value"] > 0
 
     # the reference image: unlade and unlade-snap only, kept out of the summary
     refs = [r for r in saved["runs"] if r["kind"] == "reference"]
@@ -214,9 +222,9 @@ def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
     assert startup["error"] is None and startup["runs"] == 5
     assert startup["wall_s"]["median"] > 0 and startup["import_us"] > 0
     assert [t["name"] for t in saved["targets"]] == [
-        "unpack vs containerd", "unpack vs limit", "pull vs containerd", "peak RSS",
-        "peak RSS (unlade-snap)", "flat memory", "flat memory (unlade-snap)", "Python heap",
-        "start-up"]
+        "unpack vs containerd", "unpack vs limit", "pull vs containerd",
+        "decryption overhead", "peak RSS", "peak RSS (unlade-snap)", "flat memory",
+        "flat memory (unlade-snap)", "Python heap", "start-up"]
     # every figure a target needs was measured (whether they hold on a tiny image is moot)
     assert all(t["value"] is not None and t["ok"] is not None for t in saved["targets"])
 
@@ -224,11 +232,12 @@ def test_bench_smoke(tmp_path: Path, registry: Registry) -> None:
     rows = md.splitlines()
     assert sum(r.startswith("| containerd |") for r in rows) == 2
     assert sum(r.startswith("| unlade-snap |") for r in rows) == 2
+    assert sum(r.startswith("| unlade-enc |") for r in rows) == 2
     assert "## Targets" in md and "## Memory across image sizes" in md
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sum(" run 1/1 " in line for line in lines) == 7  # one progress line per run
+    assert sum(" run 1/1 " in line for line in lines) == 9  # one progress line per run
     assert sum(" ref 1/1 " in line for line in lines) == 4
-    assert sum(" heap " in line and line.endswith("(ok)") for line in lines) == 4
+    assert sum(" heap " in line and line.endswith("(ok)") for line in lines) == 6
     assert not (tmp_path / "work").exists()
     mounts = subprocess.run(["cat", "/proc/self/mountinfo"], capture_output=True,
                             text=True).stdout

@@ -20,8 +20,8 @@ from unlade.bench import report
 from unlade.bench import run as bench_run
 
 MiB = 1 << 20
-TARGET_NAMES = ["unpack vs containerd", "unpack vs limit", "pull vs containerd", "peak RSS",
-                "flat memory", "Python heap", "start-up"]
+TARGET_NAMES = ["unpack vs containerd", "unpack vs limit", "pull vs containerd",
+                "decryption overhead", "peak RSS", "flat memory", "Python heap", "start-up"]
 FILE_BYTES = 1000 * MiB
 
 
@@ -78,6 +78,7 @@ def passing_records() -> list[dict[str, Any]]:
         rec("unlade", "pull", 5.0, 42 * MiB), rec("containerd", "pull", 14.0, 93 * MiB),
         rec("unlade", "unpack", 3.30, 40 * MiB), rec("containerd", "unpack", 11.24, 82 * MiB),
         rec("limit", "unpack", 3.0, 5 * MiB),
+        rec("unlade-enc", "pull", 5.5, 42 * MiB), rec("unlade-enc", "unpack", 3.63, 40 * MiB),
         rec("unlade", "pull", 1.0, 41 * MiB, kind="reference"),
         rec("unlade", "unpack", 0.8, 39 * MiB, kind="reference"),
         rec("unlade", "unpack", 0.7, 41 * MiB, kind="reference"),
@@ -102,6 +103,8 @@ def test_targets_pass() -> None:
     assert t["unpack vs limit"]["value"] == pytest.approx(1.1)
     assert "1.2×" in t["unpack vs limit"]["target"]
     assert t["pull vs containerd"]["value"] == pytest.approx(14.0 / 5.0)
+    assert t["decryption overhead"]["value"] == pytest.approx(1.1)
+    assert t["decryption overhead"]["measured"] == "+10 % (3.63 s vs 3.30 s; pull 1.10×)"
     assert t["peak RSS"]["value"] == 42.0 and "(pull)" in t["peak RSS"]["measured"]
     # flatness: pull 42/41, unpack 40/40 (the median of the two reference runs)
     assert t["flat memory"]["value"] == pytest.approx(round(42 / 41, 3))
@@ -115,7 +118,7 @@ def test_targets_fail() -> None:
     records = [
         rec("unlade", "pull", 10.0, 70 * MiB), rec("containerd", "pull", 14.0, 93 * MiB),
         rec("unlade", "unpack", 6.0, 60 * MiB), rec("containerd", "unpack", 11.0, 82 * MiB),
-        rec("limit", "unpack", 4.0, 5 * MiB),
+        rec("limit", "unpack", 4.0, 5 * MiB), rec("unlade-enc", "unpack", 8.0, 50 * MiB),
         rec("unlade-snap", "pull", 9.0, 80 * MiB), rec("unlade-snap", "unpack", 5.0, 50 * MiB),
         rec("unlade", "pull", 1.0, 40 * MiB, kind="reference"),
         rec("unlade", "unpack", 1.0, 58 * MiB, kind="reference"),
@@ -125,7 +128,7 @@ def test_targets_fail() -> None:
     doc = make_doc(records, heaps={"pull": 20 * MiB, "unpack": 10 * MiB}, start=startup(0.2))
     names = [t["name"] for t in doc["targets"]]
     assert names == ["unpack vs containerd", "unpack vs limit", "pull vs containerd",
-                     "peak RSS", "peak RSS (unlade-snap)", "flat memory",
+                     "decryption overhead", "peak RSS", "peak RSS (unlade-snap)", "flat memory",
                      "flat memory (unlade-snap)", "Python heap", "start-up"]
     t = by_name(doc)
     for name in names:
@@ -134,6 +137,7 @@ def test_targets_fail() -> None:
     assert t["unpack vs containerd"]["measured"] == "1.83× faster (6.00 s vs 11.00 s)"
     assert t["unpack vs limit"]["value"] == 1.5
     assert t["pull vs containerd"]["value"] == pytest.approx(1.4)
+    assert t["decryption overhead"]["measured"] == "+33 % (8.00 s vs 6.00 s)"
     assert t["peak RSS"]["value"] == 70.0
     assert t["peak RSS (unlade-snap)"]["value"] == 80.0
     # one phase out of range fails it; the value is the ratio farthest from 1
@@ -153,7 +157,7 @@ def test_targets_missing_data() -> None:
     t = by_name(doc)
     assert [x["name"] for x in doc["targets"]] == TARGET_NAMES
     for name in ("unpack vs containerd", "unpack vs limit", "pull vs containerd",
-                 "flat memory", "Python heap", "start-up"):
+                 "decryption overhead", "flat memory", "Python heap", "start-up"):
         assert t[name]["value"] is None and t[name]["ok"] is None, t[name]
         assert t[name]["measured"].startswith("not measured"), t[name]
     assert t["peak RSS"]["ok"] is True

@@ -111,14 +111,19 @@ SCHEMA = "unlade-bench/1"
 METRICS = ("wall_s", "cpu_s", "peak_rss_bytes", "peak_rss_sampled_bytes", "peak_cpu_percent",
            "peak_procs", "peak_threads", "compressed_mib_s", "unpacked_mib_s")
 RATIO_METRICS = ("wall_s", "cpu_s", "peak_rss_bytes")
-TOOL_ORDER = ("unlade", "unlade-snap", "containerd", "umoci", "skopeo", "limit")
-COLORS = {"unlade": "#1f77b4", "unlade-snap": "#17becf", "containerd": "#d62728",
+TOOL_ORDER = ("unlade", "unlade-snap", "unlade-enc", "containerd", "umoci", "skopeo",
+              "limit")
+COLORS = {"unlade": "#1f77b4", "unlade-snap": "#17becf", "unlade-enc": "#ff7f0e",
+          "containerd": "#d62728",
           "umoci": "#2ca02c", "skopeo": "#9467bd", "limit": "#7f7f7f"}
 #: What each tool's result is, for the notes of ``results.md``.
 TOOL_NOTES = {
     "unlade": "a flat rootfs (`--rootfs DIR`)",
     "unlade-snap": "one overlayfs snapshot per layer, layers unpacked in parallel "
                    "(`--snapshotter overlayfs`, no `--rootfs`): like for like with containerd",
+    "unlade-enc": "a flat rootfs of the same image encrypted by `skopeo copy "
+                  "--encryption-key jwe:…` (every layer), decrypted on the way "
+                  "(`--decryption-key`)",
     "containerd": "one overlayfs snapshot per layer (private containerd 1.6 daemon, `ctr`)",
     "umoci": "a flat rootfs from an OCI layout written by `skopeo copy`",
     "skopeo": "the blobs in an OCI layout (download only, nothing unpacked)",
@@ -136,6 +141,7 @@ TARGET_PEAK_RSS_BYTES = 64 * MiB
 TARGET_FLATNESS = (0.9, 1.1)          # peak RSS, main image ÷ reference image
 TARGET_PYTHON_HEAP_BYTES = 16 * MiB
 TARGET_STARTUP_S = 0.150              # `unlade --help`, median
+TARGET_DECRYPT_OVERHEAD = 1.15        # unpack wall, encrypted image ÷ plain image, at most
 #: The keys of ``memory_flatness`` that are not phases.
 FLATNESS_KEYS = ("reference_image", "reference_facts", "error")
 
@@ -374,6 +380,24 @@ def targets(summary: Mapping[str, Any], *, machine: Mapping[str, Any],
     else:
         rows.append(_target("pull vs containerd", goal,
                             "not measured (no valid unlade and containerd pull runs)",
+                            None, None))
+
+    # decryption overhead: the encrypted copy's unpack against the plain image's
+    goal = (f"unpack wall of the encrypted image ≤ {TARGET_DECRYPT_OVERHEAD:g}× the plain "
+            "image's")
+    a = _median_of(summary, "unpack", "unlade-enc", "wall_s")
+    b = _median_of(summary, "unpack", "unlade", "wall_s")
+    if a is not None and b:
+        v = round(a / b, 4)
+        pull_a = _median_of(summary, "pull", "unlade-enc", "wall_s")
+        pull_b = _median_of(summary, "pull", "unlade", "wall_s")
+        pull = f"; pull {pull_a / pull_b:.2f}×" if pull_a is not None and pull_b else ""
+        rows.append(_target("decryption overhead", goal,
+                            f"{(v - 1) * 100:+.0f} % ({a:.2f} s vs {b:.2f} s{pull})", v,
+                            v <= TARGET_DECRYPT_OVERHEAD))
+    else:
+        rows.append(_target("decryption overhead", goal,
+                            "not measured (no valid unlade-enc and unlade unpack runs)",
                             None, None))
 
     # peak RSS: the largest phase median, for unlade and (if it ran) unlade-snap

@@ -99,14 +99,16 @@ from typing import Any
 from ..manifest import chain_ids
 from .sample import TreeSampler, cpu_times_total, vm_hwm
 
-TOOLS = ("unlade", "unlade-snap", "containerd", "umoci", "skopeo", "limit")
+TOOLS = ("unlade", "unlade-snap", "unlade-enc", "containerd", "umoci", "skopeo", "limit")
 DEFAULT_TOOLS = TOOLS
 PHASES = ("pull", "unpack")
 #: Which phases each tool takes part in.
 TOOL_PHASES: dict[str, tuple[str, ...]] = {
-    "unlade": PHASES, "unlade-snap": PHASES, "containerd": PHASES, "umoci": PHASES,
-    "skopeo": ("pull",), "limit": ("unpack",),
+    "unlade": PHASES, "unlade-snap": PHASES, "unlade-enc": PHASES, "containerd": PHASES,
+    "umoci": PHASES, "skopeo": ("pull",), "limit": ("unpack",),
 }
+#: The tag suffix of the benchmark image's encrypted copy (made by skopeo, untimed).
+ENCRYPTED_SUFFIX = "-encrypted"
 DOWNLOAD_ONLY = frozenset({"skopeo"})
 SNAPSHOTTER = "overlayfs"
 NAMESPACE = "unlade-bench"
@@ -1183,6 +1185,86 @@ class UnladeSnapTool(UnladeTool):
         remove_tree(store)
 
 
+def encrypted_ref(ref: str) -> str:
+    """Where the encrypted copy of ``ref`` (``REPO:TAG``) goes: ``REPO:TAG-encrypted``."""
+    name, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag or "@" in ref:
+        raise BenchError(f"the benchmark image must be REPO:TAG, not {ref!r}")
+    return f"{name}:{tag}{ENCRYPTED_SUFFIX}"
+
+
+class UnladeEncTool(UnladeTool):
+    """``unlade pull --decryption-key KEY --rootfs DIR`` of the benchmark image encrypted
+    by ``skopeo copy --encryption-key jwe:PUB`` (every layer; AES-256-CTR + HMAC-SHA256,
+    the key wrapped for a fresh RSA-2048 key): what decryption adds to pull and unpack,
+    next to ``unlade`` on the plain image. The copy is made once per benchmark, untimed;
+    its unpack phase reads the encrypted blobs from a store of its own."""
+
+    name = "unlade-enc"
+
+    def __init__(self, ctx: Ctx) -> None:
+        super().__init__(ctx)
+        self.ref = encrypted_ref(ctx.ref)
+        self.key = self.dir / "private.pem"
+        self.blobs = self.dir / "store-blobs"
+        self._encrypted = False
+
+    def pull_args(self, store: Path, target: Path) -> list[str]:
+        return ["--root", str(store), "pull", "--plain-http", "-q", "--decryption-key",
+                str(self.key), self.ref, "--rootfs", str(target)]
+
+    def _encrypt(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        public = self.dir / "public.pem"
+        public.write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        argv = ["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
+                "--dest-tls-verify=false", "--src-no-creds", "--dest-no-creds",
+                f"--encryption-key=jwe:{public}", f"docker://{self.ctx.ref}",
+                f"docker://{self.ref}"]
+        p = subprocess.run(argv, env=_skopeo_env(self.ctx.base_env, self.dir / "home"),
+                           capture_output=True, text=True, timeout=self.ctx.timeout,
+                           stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            raise BenchError(f"skopeo could not encrypt the image ({p.returncode}): "
+                             f"{(p.stderr or p.stdout).strip()[-500:]}")
+        self._encrypted = True
+
+    def setup(self, phase: str) -> None:
+        if not self._encrypted:
+            self._encrypt()
+        if phase == "unpack":
+            remove_tree(self.blobs)
+            p = subprocess.run([sys.executable, "-m", "unlade", "--root", str(self.blobs),
+                                "pull", "--plain-http", "-q", "--no-unpack", "--decryption-key",
+                                str(self.key), self.ref],
+                               env=_unlade_env(self.ctx.base_env), capture_output=True,
+                               text=True, timeout=self.ctx.timeout, stdin=subprocess.DEVNULL)
+            if p.returncode != 0:
+                raise BenchError(f"unlade could not fetch the encrypted image: "
+                                 f"{(p.stderr or p.stdout).strip()[-500:]}")
+
+    def store_for(self, phase: str) -> Path:
+        return self.blobs if phase == "unpack" else self.fresh("store")
+
+    def cleanup(self, phase: str, store: Path, target: Path) -> None:
+        remove_tree(target)
+        if store != self.blobs:
+            remove_tree(store)
+
+    def teardown(self, phase: str) -> None:
+        remove_tree(self.blobs)
+
+    def close(self) -> None:
+        remove_tree(self.blobs)
+
+
 class ContainerdTool(Tool):
     name = "containerd"
 
@@ -1321,12 +1403,13 @@ class LimitTool(Tool):
 
 
 TOOL_CLASSES: dict[str, type[Tool]] = {
-    "unlade": UnladeTool, "unlade-snap": UnladeSnapTool, "containerd": ContainerdTool,
+    "unlade": UnladeTool, "unlade-snap": UnladeSnapTool, "unlade-enc": UnladeEncTool,
+    "containerd": ContainerdTool,
     "umoci": UmociTool, "skopeo": SkopeoTool, "limit": LimitTool,
 }
 #: Executables each tool needs.
 TOOL_NEEDS: dict[str, tuple[str, ...]] = {
-    "unlade": (), "unlade-snap": ("mount", "umount", "unshare"),
+    "unlade": (), "unlade-snap": ("mount", "umount", "unshare"), "unlade-enc": ("skopeo",),
     "containerd": ("containerd", "ctr", "mount", "umount"),
     "umoci": ("skopeo", "umoci"), "skopeo": ("skopeo",), "limit": ("tar", "unpigz"),
 }
