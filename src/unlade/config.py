@@ -98,11 +98,9 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .policy import scope_matches, valid_scope
-from .reference import Reference
 from .resources import (
     DEFAULT_CDH_ADDRESS,
     CdhResourceProvider,
@@ -110,6 +108,9 @@ from .resources import (
     check_resource_uri,
     grpc_target,
 )
+
+if TYPE_CHECKING:
+    from .reference import Reference
 
 __all__ = [
     "CONFIG_ENV",
@@ -247,6 +248,8 @@ class UnladeConfig:
 
     def requires_encryption(self, ref: Reference) -> bool:
         """Whether ``require_encrypted`` covers ``ref``."""
+        from .policy import scope_matches
+
         return scope_matches(self.require_encrypted, ref)
 
     def resource_provider(self, timeout: float = 10) -> CdhResourceProvider:
@@ -385,6 +388,8 @@ def _encryption_scopes(value: Any, where: str, base: Path) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected true, false or an array of scopes, got "
                           f"{_type_name(value)}")
+    from .policy import valid_scope
+
     scopes = []
     for i, item in enumerate(value):
         scope = _str(item, f"{where}[{i}]", base)
