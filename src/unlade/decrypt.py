@@ -130,13 +130,69 @@ def parse_public_options(data: bytes | str) -> PublicOptions:
 
 # -- the stream cipher ---------------------------------------------------------------------
 
+class _Mac:
+    """HMAC-SHA256 over the ciphertext on a thread of its own.
+
+    The MAC costs as much CPU as AES-CTR ten times over; on the inflate thread it would
+    lengthen the critical path of every encrypted layer. Here the ciphertext lands in one
+    of a few recycled buffers, the plaintext is decrypted out of it into the caller's
+    buffer, and the buffer goes to this thread to be MACed and handed back."""
+
+    BUFFERS = 4
+
+    def __init__(self, key: bytes) -> None:
+        import queue
+        import threading
+
+        self._mac = hmac.new(key, digestmod=sha256)
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._todo: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        for _ in range(self.BUFFERS):
+            self._free.put(bytearray())
+        self._thread = threading.Thread(target=self._run, name="unlade-hmac", daemon=True)
+        self._thread.start()
+        self._done = False
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            buf, n = item
+            self._mac.update(memoryview(buf)[:n])
+            self._free.put(buf)
+
+    def buffer(self, size: int) -> bytearray:
+        """A free buffer of at least ``size`` bytes (waits for the MAC to catch up)."""
+        buf = self._free.get()
+        if len(buf) < size:
+            buf = bytearray(size)
+        return buf
+
+    def feed(self, buf: bytearray, n: int) -> None:
+        self._todo.put((buf, n))
+
+    def give_back(self, buf: bytearray) -> None:
+        self._free.put(buf)
+
+    def digest(self) -> bytes:
+        """The HMAC of everything fed (stops the thread)."""
+        self.stop()
+        return self._mac.digest()
+
+    def stop(self) -> None:
+        if not self._done:
+            self._done = True
+            self._todo.put(None)
+            self._thread.join()
+
+
 class LayerCipher(io.RawIOBase):
     """The plaintext of an encrypted blob, as a raw reader over ``raw_readinto``.
 
-    Decrypts in place into the caller's buffer (no copy, no buffering of the layer) and
-    MACs the ciphertext before decrypting it, as ocicrypt does. When ``raw_readinto``
-    reports the end, the HMAC is compared in constant time; a mismatch raises instead of
-    returning 0, so truncation and tampering surface before the consumer sees an end.
+    Decrypts straight into the caller's buffer (no buffering of the layer) and MACs the
+    ciphertext, as ocicrypt does, on a thread of its own (see :class:`_Mac`). When
+    ``raw_readinto`` reports the end, the HMAC is compared in constant time; a mismatch
+    raises instead of returning 0, so truncation and tampering surface before the
+    consumer sees an end. :meth:`close` stops the MAC thread of a stream not read to its
+    end.
     """
 
     def __init__(self, raw_readinto: Callable[[memoryview], int], options: LayerOptions,
@@ -157,7 +213,8 @@ class LayerCipher(io.RawIOBase):
         self._raw_readinto = raw_readinto
         self._label = label
         self._expected = options.hmac
-        self._mac = hmac.new(options.symkey, digestmod=sha256)
+        self._key = options.symkey
+        self._mac: _Mac | None = None
         self._decryptor = Cipher(algorithms.AES(options.symkey),
                                  modes.CTR(options.nonce)).decryptor()
         self._verified = False
@@ -169,19 +226,31 @@ class LayerCipher(io.RawIOBase):
         if self._verified:
             return 0
         view = memoryview(buffer).cast("B")
-        n = self._raw_readinto(view)
-        if not n:
-            if not hmac.compare_digest(self._mac.digest(), self._expected):
-                raise DecryptionError(f"integrity check failed for {self._label} (HMAC)")
-            self._verified = True
-            return 0
-        chunk = view[:n]
-        self._mac.update(chunk)  # encrypt-then-MAC: the MAC covers the ciphertext
+        if self._mac is None:
+            self._mac = _Mac(self._key)
+        buf = self._mac.buffer(len(view))
+        source = memoryview(buf)[:len(view)]
         try:
-            self._decryptor.update_into(chunk, chunk)
+            n = self._raw_readinto(source)
+        except BaseException:
+            self._mac.give_back(buf)
+            raise
+        if not n:
+            self._mac.give_back(buf)
+            self._check()
+            return 0
+        try:
+            self._decryptor.update_into(source[:n], view[:n])
         except ValueError:  # older cryptography wants block_size - 1 spare bytes
-            chunk[:] = self._decryptor.update(chunk)
+            view[:n] = self._decryptor.update(source[:n])
+        self._mac.feed(buf, n)
         return n
+
+    def _check(self) -> None:
+        assert self._mac is not None
+        if not hmac.compare_digest(self._mac.digest(), self._expected):
+            raise DecryptionError(f"integrity check failed for {self._label} (HMAC)")
+        self._verified = True
 
     @property
     def verified(self) -> bool:
@@ -194,12 +263,21 @@ class LayerCipher(io.RawIOBase):
         that tampering is reported as tampering rather than as bad gzip."""
         if self._verified:
             return
-        scratch = memoryview(bytearray(256 * 1024))
-        while n := self._raw_readinto(scratch):
-            self._mac.update(scratch[:n])
-        if not hmac.compare_digest(self._mac.digest(), self._expected):
-            raise DecryptionError(f"integrity check failed for {self._label} (HMAC)")
-        self._verified = True
+        if self._mac is None:
+            self._mac = _Mac(self._key)
+        while True:
+            buf = self._mac.buffer(256 * 1024)
+            n = self._raw_readinto(memoryview(buf))
+            if not n:
+                self._mac.give_back(buf)
+                break
+            self._mac.feed(buf, n)
+        self._check()
+
+    def close(self) -> None:
+        if self._mac is not None:
+            self._mac.stop()
+        super().close()
 
 
 def decrypting_reader(raw_readinto: Callable[[memoryview], int], options: LayerOptions,
@@ -463,6 +541,7 @@ class DecryptConfig:
     key_providers: dict[str, KeyProvider] = field(default_factory=dict)
     provider_specs: list[str] = field(default_factory=list)
     given: int = 0
+    _jwks: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def from_specs(cls, specs: Iterable[str], *,
@@ -521,7 +600,21 @@ class DecryptConfig:
         raise ConfigError(f"{name} is not a private key, certificate or OpenPGP secret key")
 
     def _jwe_keys(self) -> list[Any]:
-        return self.private_keys
+        """The private keys as jwcrypto JWKs, made once: jwcrypto rebuilds (and
+        re-validates, ~40 ms for RSA-2048) a pyca key per JWK, so a JWK per layer would
+        cost that per layer. The keys were validated when they were loaded."""
+        from jwcrypto import jwk
+
+        if len(self._jwks) != len(self.private_keys):
+            self._jwks = []
+            for key in self.private_keys:
+                if isinstance(key, jwk.JWK):  # from a JWK file: validated on first use
+                    self._jwks.append(key)
+                    continue
+                jwk_key = jwk.JWK.from_pyca(key)
+                jwk_key.unsafe_skip_rsa_key_validation = True  # cryptography checked it
+                self._jwks.append(jwk_key)
+        return self._jwks
 
     def _pkcs7_pairs(self) -> list[tuple[Any | None, Any]]:
         from cryptography.hazmat.primitives.asymmetric import rsa

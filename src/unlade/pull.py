@@ -475,6 +475,7 @@ class VerifyingStream:
         self._label = label
         self._algo = diff_id.partition(":")[0]
         self._finished = False
+        self._cipher: Any = None
         try:
             ciphertext: Any = raw
             cipher: Any = None
@@ -482,6 +483,7 @@ class VerifyingStream:
                 from .decrypt import LayerCipher
 
                 ciphertext = cipher = LayerCipher(raw.readinto, options, label)  # type: ignore[attr-defined]
+            self._cipher = cipher
             source = open_decompressed(ciphertext, compression)
 
             def readinto(buf: memoryview) -> int:
@@ -530,4 +532,6 @@ class VerifyingStream:
     def release(self) -> None:
         """Stop reading and release the blob, without verifying."""
         self._stream.close()
+        if self._cipher is not None:
+            self._cipher.close()
         self._raw.close()
