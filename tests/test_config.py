@@ -3,6 +3,7 @@ documented order, mistakes are one-line errors naming key and file, and flags wi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from unlade.config import (
     load_config,
 )
 from unlade.errors import ConfigError
+from unlade.limits import Limits
 from unlade.resources import DEFAULT_CDH_ADDRESS, CdhResourceProvider
 
 
@@ -70,7 +72,10 @@ def test_documented_example_parses(tmp_path: Path) -> None:
 def test_every_key_is_documented() -> None:
     documented = set(re.findall(r"^(\w+) =", documented_example(), re.MULTILINE))
     fields = {f for f in UnladeConfig.__dataclass_fields__ if f != "source"}
-    assert fields - {"proxy"} <= documented
+    assert fields - {"proxy", "limits"} <= documented
+    assert "\n[limits]\n" in documented_example()
+    for f in dataclasses.fields(Limits):
+        assert f.name in documented, f.name
     assert {"https_proxy", "http_proxy", "no_proxy"} <= documented
 
 

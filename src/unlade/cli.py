@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--require-encrypted", action="store_true", default=None,
                       help="refuse the image unless every layer is encrypted (default: "
                            "the config file's require_encrypted scopes)")
+    pull.add_argument("--limit", metavar="NAME=VALUE", action="append",
+                      help="raise or lower one limit against hostile images: layer_size, "
+                           "layer_entries, path_length, xattr_size, manifest_size, "
+                           "config_size, layers (sizes take KiB/MiB/GiB); repeatable")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
     kinds = ("overlayfs", "native", "auto")
     pull.add_argument("--snapshotter", choices=kinds, default=None,
@@ -205,6 +209,7 @@ def _settings(args: argparse.Namespace) -> Any:
     for key in ("policy", "registries_d", "authfile", "snapshotter", "unpack_workers",
                 "cert_dir", "insecure_policy", "require_encrypted"):
         overrides[key] = getattr(args, key, None)
+    overrides["limits"] = getattr(args, "limit", None)
     return load_config(args.config).merged(overrides)
 
 
@@ -221,7 +226,7 @@ def _registry_client(args: argparse.Namespace, **extra: Any) -> Any:
         snapshotter=cfg.snapshotter or "auto", unpack_workers=cfg.unpack_workers,
         policy=cfg.policy, registries_d=cfg.registries_d,
         insecure_policy=bool(cfg.insecure_policy), resources=cfg.resource_provider(),
-        require_encrypted=cfg.require_encrypted, **extra,
+        require_encrypted=cfg.require_encrypted, limits=cfg.limits, **extra,
     )
 
 
@@ -278,7 +283,8 @@ def _verify(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from .client import Client
 
-    return Client(_settings(args).root)
+    cfg = _settings(args)
+    return Client(cfg.root, limits=cfg.limits)
 
 
 def _images(args: argparse.Namespace) -> int:

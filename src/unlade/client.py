@@ -18,6 +18,7 @@ from .auth import AuthDocument, Credentials, parse_creds
 from .content import ContentStore
 from .errors import StoreError
 from .images import CheckResult, ImageSummary, PruneResult, store_lock
+from .limits import DEFAULT_LIMITS, Limits
 from .manifest import Platform
 from .metastore import MetaStore
 from .pull import LayerResult, Progress, Puller, PullResult, VerifyingStream
@@ -94,6 +95,7 @@ class Client:
         resources: ResourceProvider | None = None,
         decryption_keys: Sequence[str] | DecryptConfig | None = None,
         require_encrypted: bool | Sequence[str] = False,
+        limits: Limits | None = None,
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.store = ContentStore(self.root)
@@ -107,6 +109,8 @@ class Client:
         self.trust = Trust(policy, registries_d, insecure_policy, resources)
         self.require_encrypted = require_encrypted
         self.decrypt = _decrypt_config(decryption_keys)
+        #: What one image may contain (see :mod:`unlade.limits`).
+        self.limits = limits or DEFAULT_LIMITS
         if isinstance(creds, str):
             creds = parse_creds(creds)
         auth: str | AuthDocument | None = os.fspath(authfile) if authfile else None
@@ -164,6 +168,7 @@ class Client:
                                                                     digest)
             puller.decrypt = decrypt
             puller.require_encrypted = required
+            puller.limits = self.limits
             result = puller.pull(reference,
                                  rootfs=Path(rootfs).absolute() if rootfs is not None else None,
                                  platform=plat, snapshotter=snap)
@@ -266,7 +271,8 @@ class Client:
                        ) -> VerifyingStream:
                 # only a layer that must really be unpacked needs its key
                 return VerifyingStream(self.store, layer["digest"], media, layer["diff_id"],
-                                       label, self._layer_options(descriptor, label))
+                                       label, self._layer_options(descriptor, label),
+                                       self.limits)
 
             items.append(ChainLayer(layer["chain_id"], opener, f"layer {i + 1}"))
         unpacked = snap.unpack_chain(items, workers=self.unpack_workers)

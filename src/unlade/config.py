@@ -74,6 +74,17 @@ so a typo never silently falls back to a default)::
     # image-rs: extra_root_certificates. Default: none.
     cert_dir = "/etc/unlade/certs.d"
 
+    # Limits against hostile images (see unlade.limits); sizes take KiB/MiB/GiB/TiB.
+    # --limit NAME=VALUE overrides one. Defaults as shown.
+    [limits]
+    layer_size = "64GiB"      # uncompressed bytes of one layer
+    layer_entries = 5000000   # entries in one layer
+    path_length = 4096        # bytes of a path or link target
+    xattr_size = "64KiB"      # bytes of one xattr value
+    manifest_size = "4MiB"    # bytes of a manifest or index
+    config_size = "4MiB"      # bytes of an image config
+    layers = 500              # layers in one image
+
     # Proxies for registry traffic. image-rs: image_pull_proxy. Read and checked, not
     # yet used (the environment's variables apply).
     [proxy]
@@ -101,6 +112,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .limits import Limits
 from .resources import (
     DEFAULT_CDH_ADDRESS,
     CdhResourceProvider,
@@ -168,6 +180,7 @@ class UnladeConfig:
     cert_dir: Path | None = None
     #: Scopes whose images must be fully encrypted; ``("",)`` means every image.
     require_encrypted: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
     source: Path | None = field(default=None, compare=False)
 
     # -- loading -------------------------------------------------------------------------
@@ -205,6 +218,12 @@ class UnladeConfig:
             if key == "proxy":
                 values["proxy"] = _proxy(value, where)
                 continue
+            if key == "limits":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{where}: limits: expected a table, got "
+                                      f"{_type_name(value)}")
+                values["limits"] = Limits().replace(value, f"{where}: [limits]")
+                continue
             if name not in _CHECKS or name == "proxy":
                 raise ConfigError(f"{where}: unknown key {key!r}")
             if name in values:
@@ -227,6 +246,9 @@ class UnladeConfig:
                 continue
             if key in _PROXY_KEYS:
                 proxy[key] = _str(value, f"command line: {key}", Path.cwd())
+                continue
+            if key == "limits":  # NAME=VALUE specs, on top of the file's
+                changes["limits"] = self.limits.with_specs(value)
                 continue
             name = _ALIASES.get(key, key)
             if name not in _CHECKS or name == "proxy":

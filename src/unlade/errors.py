@@ -74,6 +74,16 @@ class MalformedLayer(LayerError):
     """A layer stream holds an invalid tar header or an invalid whiteout."""
 
 
+class LimitExceeded(UnladeError):
+    """An image goes over one of the configured limits (:mod:`unlade.limits`): too many
+    layers, a manifest or config too large."""
+
+
+class LayerLimitExceeded(LimitExceeded, LayerError):
+    """A layer goes over a limit: too large uncompressed, too many entries, a path or an
+    xattr too long."""
+
+
 class StoreError(UnladeError):
     """The content store or a target directory cannot be used."""
 

@@ -41,7 +41,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Literal, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Literal, TypeVar
 
 from .errors import LayerError, LayerEscape, MalformedLayer, NoSpace, UnladeError
 from .tarstream import (
@@ -57,6 +57,9 @@ from .tarstream import (
     TarReader,
     shown,
 )
+
+if TYPE_CHECKING:
+    from .limits import Limits
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
@@ -1140,6 +1143,7 @@ def apply_layer(
     whiteouts: Whiteouts = "remove",
     lowers: Sequence[str | os.PathLike[str]] = (),
     speculative: bool = False,
+    limits: Limits | None = None,
 ) -> LayerStats:
     """Apply the uncompressed tar ``stream`` to the directory ``root``.
 
@@ -1160,6 +1164,10 @@ def apply_layer(
     Reads ``stream`` exactly up to the end of the archive (the caller drains the rest so
     its digest covers every byte). Raises :class:`~unlade.errors.LayerError` subclasses
     whose message names ``layer`` and the entry at fault.
+
+    ``limits`` bound entries, path lengths and xattr sizes (default: the stream's own
+    ``limits`` attribute, as a :class:`~unlade.pull.VerifyingStream` carries, else
+    :data:`~unlade.limits.DEFAULT_LIMITS`).
     """
     if whiteouts not in ("remove", "overlay"):
         raise ValueError(f"whiteouts must be 'remove' or 'overlay', not {whiteouts!r}")
@@ -1167,7 +1175,7 @@ def apply_layer(
         raise ValueError("lowers are only used with whiteouts='overlay'")
     if speculative and (whiteouts != "overlay" or lowers):
         raise ValueError("a speculative apply needs whiteouts='overlay' and no lowers")
-    reader = TarReader(stream)
+    reader = TarReader(stream, limits if limits is not None else getattr(stream, "limits", None))
     rootfs: RootFS
     if speculative:
         rootfs = _SpecFS(root)

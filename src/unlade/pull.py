@@ -31,12 +31,15 @@ from .errors import (
     DigestMismatch,
     Interrupted,
     LayerError,
+    LayerLimitExceeded,
+    LimitExceeded,
     MalformedLayer,
     ManifestError,
     StoreError,
     TruncatedLayer,
 )
 from .layer import apply_layer
+from .limits import DEFAULT_LIMITS, Limits, format_size
 from .manifest import (
     CONFIG_TYPES,
     MAX_MANIFEST,
@@ -164,23 +167,41 @@ class Puller:
         self.admitted: Any = None  # what ``admit`` returned (the policy's verdict)
         self.decrypt: Any = None  # DecryptConfig: keys for ocicrypt-encrypted layers
         self.require_encrypted = False  # refuse an image with any plain layer
+        self.limits: Limits = DEFAULT_LIMITS
         self._layer_options: dict[int, Any] = {}  # per encrypted layer: its cipher options
         self._lock = threading.Lock()
 
     def _fetch_small(self, ref: Reference, digest: str, size: int) -> bytes:
+        limit = self.limits.config_size
+        if size > limit:
+            raise LimitExceeded(self.limits.exceeded(
+                f"{ref}: config of {size:,} bytes", "config_size"))
         if self.store.has(digest):
-            return self.store.read_small(digest, MAX_MANIFEST)
+            return self.store.read_small(digest, max(limit, MAX_MANIFEST))
         data = self.registry.get_small_blob(ref, digest, size)
         self.store.put(digest, data)
         return data
 
+    def _check_manifest_size(self, ref: Reference, data: bytes) -> None:
+        if len(data) > self.limits.manifest_size:
+            raise LimitExceeded(self.limits.exceeded(
+                f"{ref}: manifest of {len(data):,} bytes", "manifest_size"))
+
+    def _check_layer_count(self, ref: Reference, parsed: Manifest | Index) -> None:
+        """Before the manifest is stored: a refused image leaves nothing behind."""
+        if isinstance(parsed, Manifest) and len(parsed.layers) > self.limits.layers:
+            raise LimitExceeded(self.limits.exceeded(
+                f"{ref} has {len(parsed.layers):,} layers", "layers"))
+
     def resolve(self, ref: Reference, platform: Platform | None) -> tuple[str, Manifest, str]:
         """Fetch and verify the manifest (through an index if need be); store both."""
         data, content_type = self.registry.get_manifest(ref)
+        self._check_manifest_size(ref, data)
         if ref.digest:
             _verify(data, ref.digest, "manifest")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         parsed = parse(data, content_type)
+        self._check_layer_count(ref, parsed)
         if self.admit is not None:  # signatures are looked up by the digest as pulled
             self.admitted = self.admit(ref, data, ref.digest or digest)
         self.store.put(digest, data)
@@ -188,11 +209,13 @@ class Puller:
             self.extra_blobs.append(digest)
             desc = parsed.select(platform)
             data, content_type = self.registry.get_manifest(ref, desc.digest)
+            self._check_manifest_size(ref, data)
             _verify(data, desc.digest, "manifest", desc.size)
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
             parsed = parse(data, content_type or desc.media_type)
             if isinstance(parsed, Index):
                 raise ManifestError("an index inside an index is not supported")
+            self._check_layer_count(ref, parsed)
             self.store.put(digest, data)
         return digest, parsed, parsed.media_type
 
@@ -385,7 +408,7 @@ class Puller:
                     raw = writer.follow() if writer is not None \
                         else self.store.open(layer.descriptor.digest)
                     return VerifyingStream.of(raw, layer.compression, layer.diff_id, label,
-                                              options)
+                                              options, self.limits)
 
                 items.append(ChainLayer(chain, opener, _label(i, layer)))
             done = snapshotter.unpack_chain(items, workers=self.unpack_workers,
@@ -406,7 +429,7 @@ class Puller:
         raw: BinaryIO = writer.follow() if writer is not None \
             else self.store.open(layer.descriptor.digest)  # type: ignore[assignment]
         stream = VerifyingStream.of(raw, layer.compression, layer.diff_id, label,
-                                    self._layer_options.get(index))
+                                    self._layer_options.get(index), self.limits)
         try:
             try:
                 stats = apply_layer(stream, root, layer=label)  # type: ignore[arg-type]
@@ -450,26 +473,29 @@ class VerifyingStream:
     when the stream is closed, and a mismatch raises so nothing is committed."""
 
     def __init__(self, store: ContentStore, digest: str, media_type: str, diff_id: str,
-                 label: str = "layer", options: Any = None):
+                 label: str = "layer", options: Any = None, limits: Limits | None = None):
         from .manifest import ENCRYPTED_LAYER_TYPES, LAYER_TYPES
 
         compression = LAYER_TYPES.get(media_type) or ENCRYPTED_LAYER_TYPES.get(media_type)
         if compression is None:
             raise ManifestError(f"unsupported layer media type {media_type!r}")
-        self._setup(store.open(digest), compression, diff_id, label, options)
+        self._setup(store.open(digest), compression, diff_id, label, options, limits)
 
     @classmethod
     def of(cls, raw: BinaryIO, compression: str, diff_id: str, label: str,
-           options: Any = None) -> VerifyingStream:
+           options: Any = None, limits: Limits | None = None) -> VerifyingStream:
         """Over an open (possibly still growing) blob reader, which it closes. With
         ``options`` (an encrypted layer's, from :func:`unlade.decrypt.layer_options`) the
-        blob is decrypted on the way, and its HMAC checked at its end."""
+        blob is decrypted on the way, and its HMAC checked at its end. ``limits`` bound
+        the uncompressed size here, and entries, paths and xattrs where the stream is
+        applied (:attr:`limits`)."""
         self = cls.__new__(cls)
-        self._setup(raw, compression, diff_id, label, options)
+        self._setup(raw, compression, diff_id, label, options, limits)
         return self
 
     def _setup(self, raw: BinaryIO, compression: str, diff_id: str, label: str,
-               options: Any = None) -> None:
+               options: Any = None, limits: Limits | None = None) -> None:
+        self.limits = limits or DEFAULT_LIMITS
         self._raw = raw
         self._diff_id = diff_id
         self._label = label
@@ -485,10 +511,17 @@ class VerifyingStream:
                 ciphertext = cipher = LayerCipher(raw.readinto, options, label)  # type: ignore[attr-defined]
             self._cipher = cipher
             source = open_decompressed(ciphertext, compression)
+            budget = [self.limits.layer_size]  # uncompressed bytes still allowed
 
             def readinto(buf: memoryview) -> int:
                 try:
-                    return source.readinto(buf)  # type: ignore[attr-defined,no-any-return]
+                    n: int = source.readinto(buf)  # type: ignore[attr-defined]
+                    budget[0] -= n
+                    if budget[0] < 0:
+                        raise LayerLimitExceeded(self.limits.exceeded(
+                            f"{label}: larger than {format_size(self.limits.layer_size)} "
+                            "uncompressed", "layer_size"))
+                    return n
                 except EOFError:
                     error: LayerError = TruncatedLayer(f"{compression} stream ends early")
                 except CORRUPT_DATA_ERRORS as err:

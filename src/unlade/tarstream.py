@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from .errors import MalformedLayer, TruncatedLayer
+from .errors import LayerLimitExceeded, MalformedLayer, TruncatedLayer
+
+if TYPE_CHECKING:
+    from .limits import Limits
 
 BLOCK = 512
 READ_SIZE = 1 << 18
@@ -103,12 +106,16 @@ class TarReader:
     """Iterate entries of a tar stream; after each entry, its data must be consumed with
     :meth:`data` (or is skipped automatically when the next entry is requested)."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, limits: Limits | None = None) -> None:
+        from .limits import DEFAULT_LIMITS
+
         self._src = stream
         self._buf = memoryview(b"")
         self._remaining = 0  # unread data bytes of the current entry
         self._pad = 0
         self.entry_name = ""  # for error messages: the entry being read
+        self.limits = limits or DEFAULT_LIMITS
+        self.entries = 0
 
     # -- low-level reading -------------------------------------------------------------
     def _fill(self) -> bool:
@@ -260,12 +267,31 @@ class TarReader:
         )
         self._apply_pax(entry, pax)
         self.entry_name = entry.name
+        self._check_limits(entry)
         if typ not in _KNOWN:
             raise MalformedLayer(f"entry {shown(entry.name)}: unsupported tar entry type {typ!r}")
         data_size = 0 if typ in _HEADER_ONLY else entry.size
         self._remaining = data_size
         self._pad = -data_size % BLOCK
         return entry
+
+    def _check_limits(self, entry: Entry) -> None:
+        limits = self.limits
+        self.entries += 1
+        if self.entries > limits.layer_entries:
+            raise LayerLimitExceeded(limits.exceeded(
+                f"more than {limits.layer_entries:,} entries", "layer_entries"))
+        for what, text in (("path", entry.name), ("link target", entry.linkname)):
+            if len(text) > limits.path_length // 4 and \
+                    len(text.encode("utf-8", "surrogateescape")) > limits.path_length:
+                raise LayerLimitExceeded(limits.exceeded(
+                    f"entry {shown(entry.name)}: {what} longer than {limits.path_length} "
+                    "bytes", "path_length"))
+        for key, value in entry.xattrs.items():
+            if len(value) > limits.xattr_size:
+                raise LayerLimitExceeded(limits.exceeded(
+                    f"entry {shown(entry.name)}: xattr {key} of {len(value)} bytes",
+                    "xattr_size"))
 
     @staticmethod
     def _apply_pax(entry: Entry, pax: dict[str, bytes]) -> None:
