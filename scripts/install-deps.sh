@@ -2,7 +2,7 @@
 # Installs the Debian packages unlade's tests and demo use, if any is missing.
 set -euo pipefail
 pkgs=(docker-registry skopeo umoci pigz zstd busybox-static python3-venv ca-certificates curl
-      containerd debootstrap time gnupg openssl)
+      containerd debootstrap time gnupg openssl tinyproxy)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
