@@ -224,6 +224,7 @@ def _registry_client(args: argparse.Namespace, **extra: Any) -> Any:
         cfg.root, plain_http=args.plain_http or cfg.plain_http_for(registry),
         cert_dir=cfg.cert_dir, creds=args.creds, authfile=cfg.authfile,
         snapshotter=cfg.snapshotter or "auto", unpack_workers=cfg.unpack_workers,
+        max_concurrent_downloads=cfg.max_concurrent_downloads,
         policy=cfg.policy, registries_d=cfg.registries_d,
         insecure_policy=bool(cfg.insecure_policy), resources=cfg.resource_provider(),
         require_encrypted=cfg.require_encrypted, limits=cfg.limits, **extra,

@@ -89,6 +89,7 @@ class Client:
         retry: RetryPolicy | None = None,
         snapshotter: str = "auto",
         unpack_workers: int | None = None,
+        max_concurrent_downloads: int = 3,
         policy: str | os.PathLike[str] | Policy | None = None,
         registries_d: str | os.PathLike[str] | None = None,
         insecure_policy: bool = False,
@@ -106,6 +107,9 @@ class Client:
                              "native or auto")
         self.default_snapshotter = snapshotter
         self.unpack_workers = unpack_workers
+        if max_concurrent_downloads < 1:
+            raise StoreError("max_concurrent_downloads must be at least 1")
+        self.max_concurrent_downloads = max_concurrent_downloads
         self.trust = Trust(policy, registries_d, insecure_policy, resources)
         self.require_encrypted = require_encrypted
         self.decrypt = _decrypt_config(decryption_keys)
@@ -164,6 +168,7 @@ class Client:
         with store_lock(self.root, exclusive=False):
             puller = Puller(self.store, self.registry, progress)
             puller.unpack_workers = self.unpack_workers
+            puller.download_workers = self.max_concurrent_downloads
             puller.admit = lambda r, data, digest: self.trust.check(self.registry, r, data,
                                                                     digest)
             puller.decrypt = decrypt

@@ -161,6 +161,7 @@ class Puller:
         self.bytes_fetched = 0
         self.extra_blobs: list[str] = []  # stored but not part of the image (an index)
         self.unpack_workers: int | None = None  # layers unpacked at once (None: CPU count)
+        self.download_workers = DOWNLOAD_WORKERS  # layers downloaded at once
         # Called with (ref, top-level manifest bytes, its digest) before anything else is
         # fetched or stored; raises to refuse the image (the signature policy).
         self.admit: Callable[[Reference, bytes, str], Any] | None = None
@@ -337,7 +338,7 @@ class Puller:
     def _downloads(  # type: ignore[no-untyped-def]
         self, ref: Reference, layers: list[Layer], result: PullResult
     ):
-        pool = ThreadPoolExecutor(DOWNLOAD_WORKERS, thread_name_prefix="unlade-download")
+        pool = ThreadPoolExecutor(self.download_workers, thread_name_prefix="unlade-download")
         started: dict[int, tuple[BlobWriter, Future[None]]] = {}
         try:
             self._start_downloads(ref, layers, pool, started, result)
