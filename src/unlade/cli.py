@@ -113,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--require-encrypted", action="store_true", default=None,
                       help="refuse the image unless every layer is encrypted (default: "
                            "the config file's require_encrypted scopes)")
+    pull.add_argument("--registries-conf", metavar="FILE", default=None,
+                      help="containers-registries.conf(5) for mirrors and blocked registries "
+                           "(default: $CONTAINERS_REGISTRIES_CONF, "
+                           "~/.config/containers/registries.conf, "
+                           "/etc/containers/registries.conf)")
     pull.add_argument("--limit", metavar="NAME=VALUE", action="append",
                       help="raise or lower one limit against hostile images: layer_size, "
                            "layer_entries, path_length, xattr_size, manifest_size, "
@@ -207,7 +212,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
     overrides = {"root": args.root}
     for key in ("policy", "registries_d", "authfile", "snapshotter", "unpack_workers",
-                "cert_dir", "insecure_policy", "require_encrypted"):
+                "cert_dir", "insecure_policy", "require_encrypted", "registries_conf"):
         overrides[key] = getattr(args, key, None)
     overrides["limits"] = getattr(args, "limit", None)
     return load_config(args.config).merged(overrides)
@@ -227,7 +232,8 @@ def _registry_client(args: argparse.Namespace, **extra: Any) -> Any:
         max_concurrent_downloads=cfg.max_concurrent_downloads,
         policy=cfg.policy, registries_d=cfg.registries_d,
         insecure_policy=bool(cfg.insecure_policy), resources=cfg.resource_provider(),
-        require_encrypted=cfg.require_encrypted, limits=cfg.limits, **extra,
+        require_encrypted=cfg.require_encrypted, limits=cfg.limits,
+        registries_conf=cfg.registries_conf, **extra,
     )
 
 

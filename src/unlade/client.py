@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import images as _images
 from .auth import AuthDocument, Credentials, parse_creds
@@ -21,7 +21,7 @@ from .images import CheckResult, ImageSummary, PruneResult, store_lock
 from .limits import DEFAULT_LIMITS, Limits
 from .manifest import Platform
 from .metastore import MetaStore
-from .pull import LayerResult, Progress, Puller, PullResult, VerifyingStream
+from .pull import LayerResult, Progress, Puller, PullResult, Source, VerifyingStream
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, RegistryOptions, RetryPolicy
 from .resources import ResourceProvider, local_path, read_resource
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from .decrypt import DecryptConfig
     from .policy import Policy, Verdict
+    from .registries_conf import RegistriesConf
     from .snapshot import Snapshotter
 
 __all__ = ["CheckResult", "Client", "ImageSummary", "LayerResult", "PruneResult",
@@ -97,6 +98,7 @@ class Client:
         decryption_keys: Sequence[str] | DecryptConfig | None = None,
         require_encrypted: bool | Sequence[str] = False,
         limits: Limits | None = None,
+        registries_conf: str | os.PathLike[str] | RegistriesConf | Literal[False] | None = None,
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.store = ContentStore(self.root)
@@ -115,6 +117,12 @@ class Client:
         self.decrypt = _decrypt_config(decryption_keys)
         #: What one image may contain (see :mod:`unlade.limits`).
         self.limits = limits or DEFAULT_LIMITS
+        #: Mirrors, rewritten locations and blocked registries (containers-registries.conf):
+        #: the file given, else the first of $CONTAINERS_REGISTRIES_CONF,
+        #: ~/.config/containers/registries.conf, /etc/containers/registries.conf; False:
+        #: none. Read at the first pull.
+        self._registries_conf_arg = registries_conf
+        self._registries_conf: RegistriesConf | None = None
         if isinstance(creds, str):
             creds = parse_creds(creds)
         auth: str | AuthDocument | None = os.fspath(authfile) if authfile else None
@@ -174,12 +182,29 @@ class Client:
             puller.decrypt = decrypt
             puller.require_encrypted = required
             puller.limits = self.limits
+            conf = self.registries_conf
+            if conf is not None:
+                puller.sources = lambda r: [Source(ep.reference, ep.mirror)
+                                            for ep in conf.pull_sources(r)]
             result = puller.pull(reference,
                                  rootfs=Path(rootfs).absolute() if rootfs is not None else None,
                                  platform=plat, snapshotter=snap)
             _images.record_pull(self.meta, self.store, str(reference), result.manifest_digest,
                                 puller.extra_blobs, snap.name if snap is not None else "")
         return result
+
+    @property
+    def registries_conf(self) -> RegistriesConf | None:
+        """The registries.conf in use (None when disabled)."""
+        arg = self._registries_conf_arg
+        if arg is False:
+            return None
+        if self._registries_conf is None:
+            from .registries_conf import RegistriesConf
+
+            self._registries_conf = arg if isinstance(arg, RegistriesConf) \
+                else RegistriesConf.load(arg)
+        return self._registries_conf
 
     def requires_encryption(self, ref: str | Reference,
                             setting: bool | Sequence[str] | None = None) -> bool:

@@ -35,8 +35,10 @@ from .errors import (
     LimitExceeded,
     MalformedLayer,
     ManifestError,
+    RegistryError,
     StoreError,
     TruncatedLayer,
+    UnladeError,
 )
 from .layer import apply_layer
 from .limits import DEFAULT_LIMITS, Limits, format_size
@@ -95,6 +97,7 @@ class LayerResult:
     entries: int = 0
     file_bytes: int = 0
     unpacked: bool | None = None  # into a snapshot by this pull (None: not into snapshots)
+    endpoint: str | None = None  # the registry (or mirror) that served it, if fetched
 
 
 @dataclass
@@ -109,6 +112,7 @@ class PullResult:
     seconds: float = 0.0
     rootfs: str | None = None
     policy: dict[str, Any] | None = None  # the signature policy's verdict (None: no policy)
+    manifest_endpoint: str | None = None  # the registry (or mirror) that served the manifest
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -123,7 +127,29 @@ class PullResult:
             "seconds": round(self.seconds, 3),
             "rootfs": self.rootfs,
             "policy": self.policy,
+            "manifest_endpoint": self.manifest_endpoint,
         }
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place an image can be pulled from: the reference as that registry (or mirror)
+    names it. :mod:`unlade.registries_conf` makes these from registries.conf."""
+
+    reference: Reference
+    mirror: bool = False
+
+    @property
+    def location(self) -> str:
+        return self.reference.registry
+
+
+def _failed_sources(err: UnladeError, failed: list[tuple[Source, UnladeError]]) -> UnladeError:
+    """``err`` (the last source's) with what the sources before it said, on one line."""
+    if not failed:
+        return err
+    others = "; ".join(f"{s.location}: {e}" for s, e in failed)
+    return type(err)(f"{err} (also tried {others})")
 
 
 def _check_target(rootfs: Path) -> None:
@@ -162,6 +188,11 @@ class Puller:
         self.extra_blobs: list[str] = []  # stored but not part of the image (an index)
         self.unpack_workers: int | None = None  # layers unpacked at once (None: CPU count)
         self.download_workers = DOWNLOAD_WORKERS  # layers downloaded at once
+        # Where to pull from, in order (registries.conf mirrors, then the registry itself);
+        # None: the reference's registry only.
+        self.sources: Callable[[Reference], list[Source]] | None = None
+        self._sources: list[Source] = []  # this pull's, the one that served the manifest first
+        self.manifest_endpoint: str | None = None
         # Called with (ref, top-level manifest bytes, its digest) before anything else is
         # fetched or stored; raises to refuse the image (the signature policy).
         self.admit: Callable[[Reference, bytes, str], Any] | None = None
@@ -179,7 +210,8 @@ class Puller:
                 f"{ref}: config of {size:,} bytes", "config_size"))
         if self.store.has(digest):
             return self.store.read_small(digest, max(limit, MAX_MANIFEST))
-        data = self.registry.get_small_blob(ref, digest, size)
+        data, _ = self._from_sources(
+            lambda r: self.registry.get_small_blob(r, digest, size), blobs=True)
         self.store.put(digest, data)
         return data
 
@@ -194,10 +226,41 @@ class Puller:
             raise LimitExceeded(self.limits.exceeded(
                 f"{ref} has {len(parsed.layers):,} layers", "layers"))
 
+    def _from_sources(self, fetch: Callable[[Reference], Any], *, blobs: bool = False
+                      ) -> tuple[Any, Source]:
+        """``fetch`` from the first source that answers, in order; a failed mirror costs
+        one fallback, never the pull, and the last source's error (with the others') is
+        raised when all fail. For blobs only registry failures fall back: what a source
+        sent is verified by digest, so a mirror that sends other bytes fails the pull
+        rather than corrupting anything."""
+        failed: list[tuple[Source, UnladeError]] = []
+        passes: type[UnladeError] = RegistryError if blobs else UnladeError
+        for source in self._sources:
+            try:
+                return fetch(source.reference), source
+            except Interrupted:
+                raise
+            except UnladeError as err:
+                if not isinstance(err, passes) or source is self._sources[-1]:
+                    raise _failed_sources(err, failed) from None
+                failed.append((source, err))
+        raise AssertionError("no sources")  # _sources is never empty
+
     def resolve(self, ref: Reference, platform: Platform | None) -> tuple[str, Manifest, str]:
         """Fetch and verify the manifest (through an index if need be); store both."""
-        data, content_type = self.registry.get_manifest(ref)
-        self._check_manifest_size(ref, data)
+        self._sources = self.sources(ref) if self.sources is not None else [Source(ref)]
+
+        def manifest(r: Reference) -> tuple[bytes, str]:
+            data, content_type = self.registry.get_manifest(r)
+            self._check_manifest_size(ref, data)
+            if ref.digest:  # a mirror that answers with other bytes is passed over
+                _verify(data, ref.digest, "manifest")
+            return data, content_type
+
+        (data, content_type), served = self._from_sources(manifest)
+        # the rest of the image from the same place first
+        self._sources = [served, *(s for s in self._sources if s is not served)]
+        self.manifest_endpoint = served.location
         if ref.digest:
             _verify(data, ref.digest, "manifest")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -209,9 +272,14 @@ class Puller:
         if isinstance(parsed, Index):
             self.extra_blobs.append(digest)
             desc = parsed.select(platform)
-            data, content_type = self.registry.get_manifest(ref, desc.digest)
-            self._check_manifest_size(ref, data)
-            _verify(data, desc.digest, "manifest", desc.size)
+
+            def child(r: Reference) -> tuple[bytes, str]:
+                data, content_type = self.registry.get_manifest(r, desc.digest)
+                self._check_manifest_size(ref, data)
+                _verify(data, desc.digest, "manifest", desc.size)
+                return data, content_type
+
+            (data, content_type), _ = self._from_sources(child)
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
             parsed = parse(data, content_type or desc.media_type)
             if isinstance(parsed, Index):
@@ -239,6 +307,7 @@ class Puller:
         plat = Platform(str(config.get("os", "")), str(config.get("architecture", "")),
                         str(config.get("variant", "")))
         result = PullResult(str(ref), manifest_digest, media_type, cfg.digest, str(plat))
+        result.manifest_endpoint = self.manifest_endpoint
         if self.admitted is not None and hasattr(self.admitted, "to_json"):
             result.policy = self.admitted.to_json()
         result.layers = [
@@ -302,7 +371,12 @@ class Puller:
             if writer.resumed:
                 self.progress.layer_bytes(index, writer.resumed)
             if writer.size is None or writer.written < writer.size:
-                self.registry.download(ref, writer.digest, writer, advance, self.cancel)
+                # A source that fails part-way hands over to the next, which resumes with
+                # Range from the bytes already written (the digest covers them all).
+                _, source = self._from_sources(
+                    lambda r: self.registry.download(r, writer.digest, writer, advance,
+                                                     self.cancel), blobs=True)
+                layer.endpoint = source.location
             writer.commit()
         except BaseException as err:
             writer.fail(err)
