@@ -8,7 +8,7 @@ startup, download, decompression and application, the final rename or snapshot c
 Each moment kills a pull into a store of its own (``--rootfs`` and snapshots in turn);
 in half of them the next pull, resuming, is killed too; then a last pull must fetch
 exactly what is missing. ``UNLADE_CRASH_KILLS`` raises the number of moments (default
-24), ``UNLADE_CRASH_SEED`` changes them.
+50), ``UNLADE_CRASH_SEED`` changes them.
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ from harness.tree import Snapshot, diff, snapshot
 
 pytestmark = [pytest.mark.root, pytest.mark.tools]
 
-KILLS = max(24, int(os.environ.get("UNLADE_CRASH_KILLS", "24")))
+KILLS = max(50, int(os.environ.get("UNLADE_CRASH_KILLS", "50")))
+#: A file to append one JSON line per store to (moment, mode, which pulls were killed),
+#: for the README's figures.
+REPORT = os.environ.get("UNLADE_CRASH_REPORT")
 SEED = int(os.environ.get("UNLADE_CRASH_SEED", "5318008"))
 CHUNKS = 6  # test items, for xdist to spread
 MODES = ("rootfs", "snapshots")  # pull --rootfs DIR, or into the store's snapshots
@@ -170,14 +173,21 @@ def _crash_store(index: int, crash: CrashImage, fraction: float, tmp_path: Path)
     delay = fraction * crash.seconds[mode]
     killed = _kill_at(root, crash, mode, tmp_path / f"rootfs{index}-0", delay,
                       f"store {index} ({mode}): pull killed after {delay:.3f} s")
+    second = None
     if index % 4 >= 2:  # both modes
         left = sum(still_to_fetch(root, crash.layers).values()) / crash.total
         again = random.Random(SEED + index).uniform(0.2, 0.2 + left * crash.seconds[mode])
-        _kill_at(root, crash, mode, tmp_path / f"rootfs{index}-1", again,
-                 f"store {index} ({mode}): pull killed after {delay:.3f} s, the next one "
-                 f"after {again:.3f} s")
+        second = _kill_at(root, crash, mode, tmp_path / f"rootfs{index}-1", again,
+                          f"store {index} ({mode}): pull killed after {delay:.3f} s, the "
+                          f"next one after {again:.3f} s")
     _final_pull(root, crash, mode, tmp_path / f"rootfs{index}-final",
                 f"store {index} ({mode}): final pull (first killed after {delay:.3f} s)")
+    if REPORT:
+        import json
+
+        with open(REPORT, "a") as f:
+            f.write(json.dumps({"store": index, "mode": mode, "fraction": round(fraction, 4),
+                                "killed": killed, "second_killed": second}) + "\n")
     return killed
 
 
@@ -193,7 +203,7 @@ def test_sigkill_at_random_moments(chunk: int, crash: CrashImage, tmp_path: Path
 
 def test_the_moments_cover_a_whole_pull() -> None:
     moments = sorted(_moments())
-    assert len(moments) == KILLS >= 24
+    assert len(moments) == KILLS >= 50
     assert moments[0] < 1.15 / KILLS and moments[-1] > 1.15 * (KILLS - 1) / KILLS
     assert all(b - a < 2 * 1.15 / KILLS for a, b in itertools.pairwise(moments))
 

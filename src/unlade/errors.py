@@ -34,6 +34,11 @@ class RegistryUnreachable(RegistryError):
     """Name resolution, connection or TLS failed before any HTTP answer."""
 
 
+class RegistryTimeout(RegistryUnreachable):
+    """A registry, token service or redirect target stopped answering, or answered too
+    slowly, within the configured timeouts (after the configured retries)."""
+
+
 class Unauthorized(RegistryError):
     """The registry refused our credentials (or the lack of them)."""
 

@@ -123,7 +123,10 @@ class TokenServer:
 
     Attributes that tests may change while running: ``anonymous_pull``, ``users``
     (``{name: password}``), ``ttl`` (seconds), ``fail_status`` (if set, every request
-    answers that status, e.g. 500).
+    answers that status, e.g. 500), ``fail_first`` (the next N requests answer
+    ``fail_first_status``, 503 by default), ``delay`` (seconds every answer waits, or only
+    the next ``delay_first`` answers if that is set). ``received`` counts requests as they
+    arrive (``requests`` records them once answered, after any delay).
 
     Note: distribution 2.8 accepts tokens up to 60 s after ``exp`` (clock-skew leeway), so
     a small ``ttl`` only affects clients that honour ``expires_in``.
@@ -146,6 +149,11 @@ class TokenServer:
         self.service = service
         self.issuer = issuer
         self.fail_status: int | None = None
+        self.fail_first = 0
+        self.fail_first_status = 503
+        self.delay = 0.0
+        self.delay_first: int | None = None
+        self.received = 0
         self._ssl_context = ssl_context
         self._lock = threading.Lock()
         self._issued = 0
@@ -186,6 +194,7 @@ class TokenServer:
         """Forget issued-token count and request history."""
         with self._lock:
             self._issued = 0
+            self.received = 0
             self.requests.clear()
 
     def mint(self, scopes: Iterable[str], subject: str = "", ttl: int | None = None) -> str:
@@ -231,6 +240,18 @@ class TokenServer:
         r, s = decode_dss_signature(der)
         return signing_input + "." + _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
 
+    def _wait(self) -> None:
+        """Sleep ``delay`` before answering (if this answer is among those delayed)."""
+        with self._lock:
+            self.received += 1
+            delay = self.delay
+            if self.delay_first is not None:
+                if self.delay_first <= 0:
+                    delay = 0.0
+                self.delay_first -= 1
+        if delay > 0:
+            time.sleep(delay)
+
     def _handle(self, method: str, query: dict[str, list[str]], auth: str | None
                 ) -> tuple[int, dict[str, Any], dict[str, str]]:
         user: str | None = None
@@ -253,6 +274,14 @@ class TokenServer:
                 if status == 200:
                     self._issued += 1
 
+        with self._lock:
+            failing = self.fail_first > 0
+            if failing:
+                self.fail_first -= 1
+        if failing:
+            record(self.fail_first_status, [])
+            return (self.fail_first_status,
+                    {"errors": [{"message": "configured failure (first requests)"}]}, {})
         if self.fail_status:
             record(self.fail_status, [])
             return self.fail_status, {"errors": [{"message": "configured failure"}]}, {}
@@ -291,6 +320,7 @@ class TokenServer:
                     length = int(self.headers.get("Content-Length") or 0)
                     for k, v in parse_qs(self.rfile.read(length).decode()).items():
                         query.setdefault(k, []).extend(v)
+                outer._wait()
                 status, body, headers = outer._handle(
                     method, query, self.headers.get("Authorization"))
                 self._reply(status, body, headers)
