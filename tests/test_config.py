@@ -72,7 +72,8 @@ def test_documented_example_parses(tmp_path: Path) -> None:
 def test_every_key_is_documented() -> None:
     documented = set(re.findall(r"^(\w+) =", documented_example(), re.MULTILINE))
     fields = {f for f in UnladeConfig.__dataclass_fields__ if f != "source"}
-    assert fields - {"proxy", "limits"} <= documented
+    assert fields - {"proxy", "limits", "network"} <= documented
+    assert "\n[network]\n" in documented_example()
     assert "\n[limits]\n" in documented_example()
     for f in dataclasses.fields(Limits):
         assert f.name in documented, f.name

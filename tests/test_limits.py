@@ -158,8 +158,8 @@ def test_manifest_size(registry: Registry, run_unlade: RunUnlade, unlade_root: P
     msg = refused(run_unlade, unlade_root, tmp_path, ref, "--limit", "manifest_size=2KiB",
                   downloaded=False)
     assert msg.startswith(f"{ref}: manifest of ")
-    assert msg.endswith("bytes (limit manifest_size = 2 KiB; raise it with --limit "
-                        "manifest_size=...)")
+    assert msg.endswith("exceeds the limit of 2,048 bytes (limit manifest_size = 2 KiB; "
+                        "raise it with --limit manifest_size=...)")
 
 
 def test_config_size(registry: Registry, run_unlade: RunUnlade, unlade_root: Path,

@@ -68,15 +68,19 @@ def setup(make_registry: RegistryFactory, tmp_path: Path) -> Iterator[Setup]:
                 [d["digest"] for d in pushed.info.manifest["layers"]], tmp_path)
 
 
-def pull_json(run_unlade: RunUnlade, root: Path, *args: str | Path) -> dict:
-    proc = run_unlade("pull", "--plain-http", "--json", *args, root=root, check=True)
+def pull_json(run_unlade: RunUnlade, root: Path, *args: str | Path, plain: bool = True
+              ) -> dict:
+    proc = run_unlade("pull", *(["--plain-http"] if plain else []), "--json", *args,
+                      root=root, check=True)
     return json.loads(proc.stdout)
 
 
 def test_pulls_through_the_mirror(setup: Setup, run_unlade: RunUnlade) -> None:
+    """No --plain-http: registries.conf's ``insecure`` lets unlade fall back to HTTP for
+    the two registries (after trying HTTPS), as containers/image does."""
     conf = conf_for(setup.work, setup.origin.host, [setup.cache.host])
     doc = pull_json(run_unlade, setup.work / "s1", "--registries-conf", conf, setup.ref,
-                    "--rootfs", setup.work / "via-mirror")
+                    "--rootfs", setup.work / "via-mirror", plain=False)
     assert doc["manifest_endpoint"] == setup.cache.host
     assert [la["endpoint"] for la in doc["layers"]] == [setup.cache.host] * 3
     # the origin saw the cache, never unlade
@@ -97,7 +101,8 @@ def test_pulls_through_the_mirror(setup: Setup, run_unlade: RunUnlade) -> None:
 def test_concurrent_pulls_through_a_cold_cache(setup: Setup, tmp_path: Path) -> None:
     """N processes at once, each with its own store: all complete, every rootfs is the
     image; the origin's blob GETs are counted (distribution 2.8 passes concurrent misses
-    through, so they are at least one and at most N + 1 per blob)."""
+    through and fetches twice on a miss of its own, so they are between one and 2N per
+    blob)."""
     n = 5
     conf = conf_for(tmp_path, setup.origin.host, [setup.cache.host])
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -111,7 +116,7 @@ def test_concurrent_pulls_through_a_cold_cache(setup: Setup, tmp_path: Path) -> 
     for i in range(1, n):
         assert_same_tree(tmp_path / "rootfs0", tmp_path / f"rootfs{i}")
     gets = blob_gets(setup.origin)
-    assert all(1 <= gets[d] <= n + 1 for d in setup.layers), gets
+    assert all(1 <= gets[d] <= 2 * n for d in setup.layers), gets
 
 
 def test_mirror_down_mid_pull_falls_back_to_the_origin(

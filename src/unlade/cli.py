@@ -188,6 +188,12 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registries-d", metavar="DIR",
                    help="where signatures are, containers-registries.d(5) (default: "
                         "~/.config/containers/registries.d, /etc/containers/registries.d)")
+    p.add_argument("--retries", metavar="N", type=int, default=None,
+                   help="tries per registry request, and broken blob streams in a row "
+                        "(default 5, or [network] retries)")
+    p.add_argument("--timeout", metavar="SECONDS", type=float, default=None,
+                   help="the longest wait for response headers or for the next bytes "
+                        "(default 60, or [network] read_timeout/header_timeout)")
 
 
 def _bench_argv(argv: list[str]) -> list[str] | None:
@@ -215,6 +221,9 @@ def _settings(args: argparse.Namespace) -> Any:
                 "cert_dir", "insecure_policy", "require_encrypted", "registries_conf"):
         overrides[key] = getattr(args, key, None)
     overrides["limits"] = getattr(args, "limit", None)
+    overrides["retries"] = getattr(args, "retries", None)
+    timeout = getattr(args, "timeout", None)
+    overrides["read_timeout"] = overrides["header_timeout"] = timeout
     return load_config(args.config).merged(overrides)
 
 
@@ -233,7 +242,7 @@ def _registry_client(args: argparse.Namespace, **extra: Any) -> Any:
         policy=cfg.policy, registries_d=cfg.registries_d,
         insecure_policy=bool(cfg.insecure_policy), resources=cfg.resource_provider(),
         require_encrypted=cfg.require_encrypted, limits=cfg.limits,
-        registries_conf=cfg.registries_conf, **extra,
+        registries_conf=cfg.registries_conf, connection=cfg.registry_options(), **extra,
     )
 
 

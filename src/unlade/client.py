@@ -28,7 +28,7 @@ from .resources import ResourceProvider, local_path, read_resource
 from .trust import Trust
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from .decrypt import DecryptConfig
     from .policy import Policy, Verdict
@@ -99,6 +99,7 @@ class Client:
         require_encrypted: bool | Sequence[str] = False,
         limits: Limits | None = None,
         registries_conf: str | os.PathLike[str] | RegistriesConf | Literal[False] | None = None,
+        connection: Mapping[str, Any] | None = None,
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.store = ContentStore(self.root)
@@ -130,13 +131,19 @@ class Client:
             auth = AuthDocument(read_resource(auth, kbs=resources), auth)
         elif auth is not None:
             auth = os.fspath(local_path(auth) or auth)
+        # ``connection``: more RegistryOptions (timeouts, proxy, insecure_hosts, retry),
+        # as unlade.toml's [network] and [proxy] give them.
+        extra = dict(connection or {})
+        retry = retry or extra.pop("retry", None) or RetryPolicy()
+        extra.pop("retry", None)
         self.registry = RegistryClient(
             RegistryOptions(
                 plain_http=plain_http,
                 cert_dir=os.fspath(cert_dir) if cert_dir else None,
                 credentials=creds,
                 authfile=auth,
-                retry=retry or RetryPolicy(),
+                retry=retry,
+                **extra,
             )
         )
 
@@ -184,7 +191,7 @@ class Client:
             puller.limits = self.limits
             conf = self.registries_conf
             if conf is not None:
-                puller.sources = lambda r: [Source(ep.reference, ep.mirror)
+                puller.sources = lambda r: [Source(ep.reference, ep.mirror, ep.insecure)
                                             for ep in conf.pull_sources(r)]
             result = puller.pull(reference,
                                  rootfs=Path(rootfs).absolute() if rootfs is not None else None,

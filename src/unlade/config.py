@@ -41,7 +41,8 @@ so a typo never silently falls back to a default)::
     authfile = "kbs:///default/credential/test"
 
     # registries.conf(5) for mirrors and blocking (a path). image-rs:
-    # registry_configuration_uri. Read and checked, not yet used.
+    # registry_configuration_uri. Default: $CONTAINERS_REGISTRIES_CONF,
+    # ~/.config/containers/registries.conf, /etc/containers/registries.conf.
     registries_conf = "/etc/containers/registries.conf"
 
     # Layers of one image downloaded at once, >= 1. image-rs:
@@ -85,8 +86,21 @@ so a typo never silently falls back to a default)::
     config_size = "4MiB"      # bytes of an image config
     layers = 500              # layers in one image
 
-    # Proxies for registry traffic. image-rs: image_pull_proxy. Read and checked, not
-    # yet used (the environment's variables apply).
+    # Retries and timeouts of registry requests (seconds; sizes in bytes). Defaults as
+    # shown. --retries and --timeout on the command line override the first and the
+    # read/header timeouts.
+    [network]
+    retries = 5               # tries per request; broken blob streams in a row
+    backoff = 0.25            # first delay between tries, doubling, with jitter
+    max_backoff = 8           # cap on a delay, a server's Retry-After included
+    connect_timeout = 30      # to open a connection (and each TLS step)
+    read_timeout = 60         # the longest silence on an open connection
+    header_timeout = 60       # request sent -> response headers complete
+    low_speed_limit = 1024    # bytes/s a body must average ...
+    low_speed_time = 60       # ... over this long (0 turns the check off)
+
+    # Proxies for registry traffic (image-rs: image_pull_proxy); when this table is
+    # absent, HTTPS_PROXY, HTTP_PROXY and NO_PROXY from the environment apply.
     [proxy]
     https_proxy = "http://proxy.example:3128"
     http_proxy = "http://proxy.example:3128"
@@ -149,8 +163,8 @@ _ALIASES = {"sigstore_config": "registries_d"}
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """``[proxy]``: kept for when registry traffic can be sent through a proxy (image-rs's
-    ``image_pull_proxy``); loading it now means a config written for that is not refused."""
+    """``[proxy]``: the proxies for registry traffic (image-rs's ``image_pull_proxy``);
+    when set, they replace the environment's HTTPS_PROXY, HTTP_PROXY and NO_PROXY."""
 
     https_proxy: str | None = None
     http_proxy: str | None = None
@@ -181,6 +195,8 @@ class UnladeConfig:
     #: Scopes whose images must be fully encrypted; ``("",)`` means every image.
     require_encrypted: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    #: ``[network]``: retry and timeout settings by name (see :data:`NETWORK_DEFAULTS`).
+    network: Mapping[str, float] = field(default_factory=lambda: dict(NETWORK_DEFAULTS))
     source: Path | None = field(default=None, compare=False)
 
     # -- loading -------------------------------------------------------------------------
@@ -218,6 +234,9 @@ class UnladeConfig:
             if key == "proxy":
                 values["proxy"] = _proxy(value, where)
                 continue
+            if key == "network":
+                values["network"] = _network(value, f"{where}: [network]")
+                continue
             if key == "limits":
                 if not isinstance(value, dict):
                     raise ConfigError(f"{where}: limits: expected a table, got "
@@ -250,6 +269,10 @@ class UnladeConfig:
             if key == "limits":  # NAME=VALUE specs, on top of the file's
                 changes["limits"] = self.limits.with_specs(value)
                 continue
+            if key in NETWORK_DEFAULTS:  # --retries, --timeout
+                changes["network"] = {**self.network, **_network(
+                    {key: value}, "command line")}
+                continue
             name = _ALIASES.get(key, key)
             if name not in _CHECKS or name == "proxy":
                 raise TypeError(f"UnladeConfig.merged: unknown setting {key!r}")
@@ -273,6 +296,24 @@ class UnladeConfig:
         from .policy import scope_matches
 
         return scope_matches(self.require_encrypted, ref)
+
+    def registry_options(self) -> dict[str, Any]:
+        """``[network]`` and ``[proxy]`` as keyword arguments of
+        :class:`~unlade.registry.RegistryOptions` (``retry`` included)."""
+        from .registry import RetryPolicy
+
+        net = self.network
+        options: dict[str, Any] = {
+            "retry": RetryPolicy(attempts=int(net["retries"]), backoff=net["backoff"],
+                                 max_backoff=net["max_backoff"]),
+            **{k: net[k] for k in ("connect_timeout", "read_timeout", "header_timeout",
+                                   "low_speed_time")},
+            "low_speed_limit": int(net["low_speed_limit"]),
+        }
+        proxy = {k: v for k, v in dataclasses.asdict(self.proxy).items() if v}
+        if proxy:
+            options["proxy"] = proxy
+        return options
 
     def resource_provider(self, timeout: float = 10) -> CdhResourceProvider:
         """The provider for ``kbs:///`` resources at ``kbs_address`` (no connection is
@@ -420,6 +461,40 @@ def _encryption_scopes(value: Any, where: str, base: Path) -> tuple[str, ...]:
                               "registry/repository[:tag] or *.domain)")
         scopes.append(scope)
     return tuple(scopes)
+
+
+#: ``[network]`` keys and their defaults (those of RegistryOptions and RetryPolicy).
+NETWORK_DEFAULTS: dict[str, float] = {
+    "retries": 5, "backoff": 0.25, "max_backoff": 8.0, "connect_timeout": 30.0,
+    "read_timeout": 60.0, "header_timeout": 60.0, "low_speed_limit": 1024,
+    "low_speed_time": 60.0,
+}
+_WHOLE = ("retries", "low_speed_limit")
+_MAY_BE_ZERO = ("backoff", "max_backoff", "low_speed_limit")
+
+
+def _network(value: Any, where: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table, got {_type_name(value)}")
+    out = dict(NETWORK_DEFAULTS)
+    for key, raw in value.items():
+        if key not in NETWORK_DEFAULTS:
+            raise ConfigError(f"{where}: unknown key {key!r}; known: "
+                              f"{', '.join(NETWORK_DEFAULTS)}")
+        if isinstance(raw, str):
+            try:
+                raw = float(raw) if key not in _WHOLE else int(raw)
+            except ValueError:
+                raise ConfigError(f"{where}: {key}: expected a number, got {raw!r}") from None
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or \
+                (key in _WHOLE and not float(raw).is_integer()):
+            raise ConfigError(f"{where}: {key}: expected "
+                              f"{'a whole number' if key in _WHOLE else 'a number'}")
+        if raw < 0 or (raw == 0 and key not in _MAY_BE_ZERO):
+            least = "at least 0" if key in _MAY_BE_ZERO else "positive"
+            raise ConfigError(f"{where}: {key}: must be {least}, not {raw}")
+        out[key] = int(raw) if key in _WHOLE else float(raw)
+    return out
 
 
 def _proxy(value: Any, where: str) -> ProxyConfig:

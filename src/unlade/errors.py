@@ -84,6 +84,10 @@ class LimitExceeded(UnladeError):
     layers, a manifest or config too large."""
 
 
+class ManifestTooLarge(LimitExceeded, ManifestError):
+    """A manifest (or index) is larger than the manifest_size limit."""
+
+
 class LayerLimitExceeded(LimitExceeded, LayerError):
     """A layer goes over a limit: too large uncompressed, too many entries, a path or an
     xattr too long."""
@@ -117,3 +121,7 @@ class SignatureSourceError(UnladeError):
 class DecryptionError(LayerError):
     """An encrypted layer cannot be decrypted: no given key opens it, its encryption
     options are malformed, or its content fails the integrity (HMAC) check."""
+
+
+class RegistryBlocked(UnladeError):
+    """Every place an image could be pulled from is blocked by registries.conf."""

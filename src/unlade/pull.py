@@ -35,6 +35,7 @@ from .errors import (
     LimitExceeded,
     MalformedLayer,
     ManifestError,
+    ManifestTooLarge,
     RegistryError,
     StoreError,
     TruncatedLayer,
@@ -138,6 +139,7 @@ class Source:
 
     reference: Reference
     mirror: bool = False
+    insecure: bool = False  # plain HTTP or unverified TLS allowed (registries.conf)
 
     @property
     def location(self) -> str:
@@ -211,7 +213,7 @@ class Puller:
         if self.store.has(digest):
             return self.store.read_small(digest, max(limit, MAX_MANIFEST))
         data, _ = self._from_sources(
-            lambda r: self.registry.get_small_blob(r, digest, size), blobs=True)
+            lambda r: self.registry.get_small_blob(r, digest, size, limit=limit), blobs=True)
         self.store.put(digest, data)
         return data
 
@@ -249,9 +251,20 @@ class Puller:
     def resolve(self, ref: Reference, platform: Platform | None) -> tuple[str, Manifest, str]:
         """Fetch and verify the manifest (through an index if need be); store both."""
         self._sources = self.sources(ref) if self.sources is not None else [Source(ref)]
+        for source in self._sources:
+            if source.insecure:
+                self.registry.insecure_hosts.add(source.reference.api_host)
+            if source.mirror and source.reference.registry != ref.registry:
+                self.registry.mirror_hosts.add(source.reference.registry)
+
+        limit = self.limits.manifest_size
 
         def manifest(r: Reference) -> tuple[bytes, str]:
-            data, content_type = self.registry.get_manifest(r)
+            try:
+                data, content_type = self.registry.get_manifest(r, limit=limit)
+            except ManifestTooLarge as err:
+                raise ManifestTooLarge(self.limits.exceeded(f"{ref}: {err}", "manifest_size")
+                                       ) from None
             self._check_manifest_size(ref, data)
             if ref.digest:  # a mirror that answers with other bytes is passed over
                 _verify(data, ref.digest, "manifest")
@@ -274,7 +287,7 @@ class Puller:
             desc = parsed.select(platform)
 
             def child(r: Reference) -> tuple[bytes, str]:
-                data, content_type = self.registry.get_manifest(r, desc.digest)
+                data, content_type = self.registry.get_manifest(r, desc.digest, limit=limit)
                 self._check_manifest_size(ref, data)
                 _verify(data, desc.digest, "manifest", desc.size)
                 return data, content_type

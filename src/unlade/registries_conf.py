@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .errors import ConfigError, InvalidReference, UnladeError
+from .errors import ConfigError, InvalidReference, RegistryBlocked, UnladeError
 from .reference import Reference, parse_reference
 
 __all__ = [
@@ -115,8 +115,6 @@ _ENV_VARS = ("CONTAINERS_REGISTRIES_CONF", "REGISTRIES_CONFIG_PATH")
 _MAX_FILE_SIZE = 16 << 20
 
 
-class RegistryBlocked(UnladeError):
-    """Every place an image could be pulled from is blocked by registries.conf."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import http
 import http.client
 import io
 import json
+import os
 import random
 import re
 import socket
@@ -49,6 +50,7 @@ from urllib3.exceptions import (
     NameResolutionError,
     NewConnectionError,
     ProtocolError,
+    ProxyError,
     ReadTimeoutError,
     SSLError,
 )
@@ -63,6 +65,7 @@ from .errors import (
     DigestMismatch,
     Interrupted,
     ManifestError,
+    ManifestTooLarge,
     NotFound,
     RegistryError,
     RegistryTimeout,
@@ -217,6 +220,13 @@ class RegistryOptions:
     header_timeout: float = 60.0
     low_speed_limit: int = 1024
     low_speed_time: float = 60.0
+    #: Hosts (host[:port]) allowed over plain HTTP, or over TLS without verifying the
+    #: certificate (registries.conf's ``insecure``): HTTPS is tried first.
+    insecure_hosts: frozenset[str] = frozenset()
+    #: Proxies: ``{"https_proxy": URL, "http_proxy": URL, "no_proxy": "a,b"}`` (the
+    #: config file's ``[proxy]``); None: the environment's HTTPS_PROXY, HTTP_PROXY,
+    #: NO_PROXY (and their lower-case forms), as curl and Go read them.
+    proxy: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "read_timeout", "header_timeout", "low_speed_time"):
@@ -394,9 +404,22 @@ class RegistryClient:
         self._auth: dict[tuple[str, str], str] = {}  # (host, repo) -> Authorization header
         self._lock = threading.Lock()
         self._pool_classes = _pool_classes(self.options)
+        self._schemes: dict[str, str] = {}  # insecure host -> the scheme it answered on
+        #: Hosts that never get the client's own ``credentials`` (mirrors: only what an
+        #: auth file holds for their own host is sent to them).
+        self.mirror_hosts: set[str] = set()
+        self._proxies = _proxy_settings(self.options.proxy)
+        #: See ``RegistryOptions.insecure_hosts``; pulls add the insecure endpoints of
+        #: registries.conf here.
+        self.insecure_hosts: set[str] = set(self.options.insecure_hosts)
 
     # -- connections ---------------------------------------------------------------------
     def _ssl_context(self, host: str | None) -> ssl.SSLContext:
+        if host and host in self.insecure_hosts:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
         ctx = ssl.create_default_context()
         dirs = [Path(self.options.cert_dir)] if self.options.cert_dir else []
         if host:
@@ -412,12 +435,17 @@ class RegistryClient:
                     ctx.load_cert_chain(str(cert), str(key))
         return ctx
 
-    def _pool(self, host: str | None, tls: bool = True) -> urllib3.PoolManager:
-        key = f"{'https' if tls else 'http'}://{host or ''}"
+    def _pool(self, host: str | None, tls: bool = True, target: str | None = None
+              ) -> urllib3.PoolManager:
+        """The pool for ``host``'s TLS trust; ``target`` (host:port the request goes to,
+        default ``host``) decides whether it goes through a proxy."""
+        scheme = "https" if tls else "http"
+        proxy = _proxy_for(self._proxies, scheme, target or host or "")
+        key = f"{scheme}://{host or ''} via {proxy or 'direct'}"
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
-                pool = urllib3.PoolManager(
+                common: dict[str, Any] = dict(
                     num_pools=4,
                     maxsize=8,
                     retries=False,
@@ -428,17 +456,45 @@ class RegistryClient:
                     ),
                     headers={"User-Agent": USER_AGENT},
                 )
+                if proxy is None:
+                    pool = urllib3.PoolManager(**common)
+                else:  # HTTPS through CONNECT; plain HTTP as absolute-form requests
+                    pool = urllib3.ProxyManager(proxy, **common)
                 pool.pool_classes_by_scheme = self._pool_classes
                 self._pools[key] = pool
             return pool
 
     def _base(self, ref: Reference) -> str:
-        scheme = "http" if self.options.plain_http else "https"
-        return f"{scheme}://{ref.api_host}"
+        return f"{self._scheme(ref.api_host)}://{ref.api_host}"
+
+    def _scheme(self, host: str) -> str:
+        """``http`` with --plain-http; for an insecure host, ``https`` (unverified) if it
+        speaks TLS, else ``http`` (as containers/image pings an insecure registry);
+        ``https`` otherwise."""
+        if self.options.plain_http:
+            return "http"
+        if host not in self.insecure_hosts:
+            return "https"
+        with self._lock:
+            known = self._schemes.get(host)
+        if known is not None:
+            return known
+        scheme = "https"
+        try:
+            resp = self._pool(host, True).request(
+                "GET", f"https://{host}/v2/", preload_content=False, redirect=False,
+                timeout=urllib3.Timeout(connect=self.options.connect_timeout,
+                                        read=self.options.read_timeout))
+            _discard(resp)
+        except (SSLError, ProtocolError, OSError, MaxRetryError, Urllib3Timeout):
+            scheme = "http"
+        with self._lock:
+            self._schemes[host] = scheme
+        return scheme
 
     # -- auth ----------------------------------------------------------------------------
     def _credentials(self, ref: Reference) -> Credentials | None:
-        if self.options.credentials is not None:
+        if self.options.credentials is not None and ref.registry not in self.mirror_hosts:
             return self.options.credentials
         return credentials_for(ref.registry, ref.repository, authfile=self.options.authfile)
 
@@ -554,7 +610,7 @@ class RegistryClient:
         for attempt in range(policy.attempts):
             cancel.check()
             try:
-                resp = self._pool(host, not url.startswith("http:")).request(
+                resp = self._pool(host, not url.startswith("http:"), netloc).request(
                     method, url, headers=dict(headers or {}), body=body,
                     preload_content=not stream, decode_content=False, redirect=False,
                 )
@@ -563,6 +619,12 @@ class RegistryClient:
                     f"TLS error talking to {netloc}: {_reason(err)} "
                     "(trust its CA with --cert-dir, or use --plain-http for an HTTP registry)"
                 ) from None
+            except ProxyError as err:
+                if attempt + 1 >= policy.attempts:
+                    proxy = _proxy_for(self._proxies, urlsplit(url).scheme, netloc) or "?"
+                    raise RegistryUnreachable(
+                        f"cannot reach {netloc} through the proxy {urlsplit(proxy).netloc}: "
+                        f"{_describe(err, self.options)}" + _attempts(attempt + 1)) from None
             except (NameResolutionError, NewConnectionError) as err:
                 if isinstance(err, NameResolutionError):
                     raise RegistryUnreachable(f"unknown host {netloc.rsplit(':', 1)[0]}") from None
@@ -651,12 +713,12 @@ class RegistryClient:
                 self._check(resp, ref, "manifest")
                 length = resp.headers.get("Content-Length", "")
                 if _digits(length) and int(length) > limit:
-                    raise ManifestError(f"manifest of {int(length):,} bytes from {ref.registry} "
-                                        f"exceeds the limit of {limit:,} bytes")
+                    raise ManifestTooLarge(f"manifest of {int(length):,} bytes from "
+                                           f"{ref.registry} exceeds the limit of {limit:,} bytes")
                 data = _read_limited(resp, limit)
                 if len(data) > limit:
-                    raise ManifestError(f"manifest from {ref.registry} exceeds the limit of "
-                                        f"{limit:,} bytes")
+                    raise ManifestTooLarge(f"manifest from {ref.registry} exceeds the limit of "
+                                           f"{limit:,} bytes")
                 return data, resp.headers.get("Content-Type", "")
             except _BROKEN as err:
                 resp.close()
@@ -985,3 +1047,68 @@ def _failure(context: str, err: BaseException, options: RegistryOptions,
     text = _describe(err, options)
     cls = RegistryTimeout if text.startswith("timed out") else RegistryUnreachable
     return cls(f"{context}: {text}" + (_attempts(attempts) if attempts else ""))
+
+
+def _proxy_settings(config: Mapping[str, str] | None) -> dict[str, str]:
+    """``{"https": URL, "http": URL, "no": "a,b"}`` from the config file's ``[proxy]`` or,
+    without one, from the environment (lower-case variables win, as in curl)."""
+    if config is not None:
+        raw = {"https": config.get("https_proxy"), "http": config.get("http_proxy"),
+               "no": config.get("no_proxy")}
+    else:
+        env = os.environ
+        raw = {k: env.get(f"{k}_proxy") or env.get(f"{k.upper()}_PROXY")
+               for k in ("https", "http", "no")}
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        if value and value.strip():
+            value = value.strip()
+            if key != "no" and "://" not in value:
+                value = "http://" + value  # curl's default scheme for a proxy
+            out[key] = value
+    return out
+
+
+def _no_proxy(no: str, target: str) -> bool:
+    """Whether NO_PROXY's list covers ``target`` (host[:port]): ``*``, a host, a domain
+    (``example.com`` and ``.example.com`` both cover its subdomains), an IP, a CIDR
+    range, each optionally with ``:port``."""
+    import ipaddress
+
+    host, _, port = target.rpartition(":") if not target.endswith("]") else (target, "", "")
+    if not host:
+        host, port = target, ""
+    host = host.strip("[]").lower()
+    for item in (x.strip().lower() for x in no.split(",")):
+        if not item:
+            continue
+        if item == "*":
+            return True
+        want_port = ""
+        if item.count(":") == 1 and not item.startswith("["):
+            item, want_port = item.split(":")
+        item = item.strip("[]")
+        if want_port and want_port != port:
+            continue
+        try:
+            if "/" in item:
+                if ipaddress.ip_address(host) in ipaddress.ip_network(item, strict=False):
+                    return True
+                continue
+            if ipaddress.ip_address(host) == ipaddress.ip_address(item):
+                return True
+            continue
+        except ValueError:
+            pass
+        domain = item.lstrip(".")
+        if host == domain or host.endswith("." + domain):
+            return True
+    return False
+
+
+def _proxy_for(proxies: Mapping[str, str], scheme: str, target: str) -> str | None:
+    """The proxy URL for a request to ``target`` over ``scheme``, or None (direct)."""
+    proxy = proxies.get(scheme)
+    if proxy is None or _no_proxy(proxies.get("no", ""), target):
+        return None
+    return proxy

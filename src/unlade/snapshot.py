@@ -676,7 +676,8 @@ def _run(args: list[str], what: str, cwd: str | None = None) -> None:
     if proc.returncode != 0:
         detail = " ".join((proc.stderr or proc.stdout).split()) or f"exit {proc.returncode}"
         if "No space left" in detail:
-            raise NoSpace(f"{what}: {detail}")
+            place = args[-1] if args else what
+            raise NoSpace(f"no space left on device: {what} failed ({place})")
         raise StoreError(f"{what}: {detail}")
 
 
