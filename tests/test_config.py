@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -277,3 +278,53 @@ def test_resource_provider_uses_kbs_address() -> None:
     p = UnladeConfig.from_toml('kbs_address = "unix:///run/cdh.sock"').resource_provider(3)
     assert isinstance(p, CdhResourceProvider)
     assert (p.address, p.timeout) == ("unix:///run/cdh.sock", 3.0)
+
+
+# -- [network]: retries and timeouts --------------------------------------------------------
+
+
+def test_network_table() -> None:
+    from unlade.config import NETWORK_DEFAULTS
+    from unlade.registry import RegistryOptions
+
+    c = UnladeConfig.from_toml("[network]\nretries = 2\nread_timeout = 5\n"
+                               "low_speed_limit = 0\nbackoff = '0.5'\n")
+    assert c.network == {**NETWORK_DEFAULTS, "retries": 2, "read_timeout": 5.0,
+                         "low_speed_limit": 0, "backoff": 0.5}
+    options = RegistryOptions(**c.registry_options())
+    assert (options.retry.attempts, options.retry.backoff) == (2, 0.5)
+    assert (options.read_timeout, options.low_speed_limit, options.proxy) == (5.0, 0, None)
+    merged = c.merged({"retries": 7, "read_timeout": 1.5, "header_timeout": 1.5})
+    assert (merged.network["retries"], merged.network["header_timeout"]) == (7, 1.5)
+    assert UnladeConfig().registry_options()["retry"].attempts == 5
+    proxied = UnladeConfig.from_toml('[proxy]\nhttps_proxy = "http://p:3128"\n')
+    assert proxied.registry_options()["proxy"] == {"https_proxy": "http://p:3128"}
+    for text, message in [("[network]\nretry = 2\n", "unknown key 'retry'"),
+                          ("[network]\nretries = 0\n", "retries: must be positive"),
+                          ("[network]\nretries = 1.5\n", "expected a whole number"),
+                          ("[network]\nread_timeout = -1\n", "must be positive"),
+                          ("[network]\nread_timeout = true\n", "expected a number"),
+                          ("network = 3\n", "expected a table")]:
+        with pytest.raises(ConfigError, match=message):
+            UnladeConfig.from_toml(text, "u.toml")
+
+
+def test_timeout_and_retries_flags(registry: Any, run_unlade: Any, tmp_path: Path) -> None:
+    """--timeout and --retries reach the registry client: a registry that never answers
+    fails after one try of one second, naming the timeout."""
+    import time
+
+    from harness import images as im
+    from harness.faultproxy import Fault, FaultProxy
+
+    im.build_and_push(tmp_path / "layout", registry, "net/app", "v1", [[im.file("f", b"x")]],
+                      raw=True)
+    with FaultProxy(registry.host, faults=[Fault("stall", kind="any", at=None,
+                                                 times=None)]) as proxy:
+        start = time.monotonic()
+        proc = run_unlade("pull", "--plain-http", "--timeout", "1", "--retries", "1",
+                          f"{proxy.host}/net/app:v1", "--rootfs", tmp_path / "r")
+        elapsed = time.monotonic() - start
+    assert proc.returncode == 1
+    assert "timed out" in proc.stderr and "(after 1 attempt)" in proc.stderr, proc.stderr
+    assert elapsed < 15, elapsed

@@ -270,8 +270,8 @@ class UnladeConfig:
                 changes["limits"] = self.limits.with_specs(value)
                 continue
             if key in NETWORK_DEFAULTS:  # --retries, --timeout
-                changes["network"] = {**self.network, **_network(
-                    {key: value}, "command line")}
+                changes["network"] = _network({key: value}, "command line",
+                                              changes.get("network", self.network))
                 continue
             name = _ALIASES.get(key, key)
             if name not in _CHECKS or name == "proxy":
@@ -473,10 +473,11 @@ _WHOLE = ("retries", "low_speed_limit")
 _MAY_BE_ZERO = ("backoff", "max_backoff", "low_speed_limit")
 
 
-def _network(value: Any, where: str) -> dict[str, float]:
+def _network(value: Any, where: str, base: Mapping[str, float] = NETWORK_DEFAULTS
+             ) -> dict[str, float]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a table, got {_type_name(value)}")
-    out = dict(NETWORK_DEFAULTS)
+    out = dict(base)
     for key, raw in value.items():
         if key not in NETWORK_DEFAULTS:
             raise ConfigError(f"{where}: unknown key {key!r}; known: "
