@@ -385,7 +385,11 @@ def _str(value: Any, where: str, base: Path) -> str:
 
 
 def _path(value: Any, where: str, base: Path) -> Path:
-    p = Path(_str(value, where, base)).expanduser()
+    text = _str(value, where, base)
+    try:
+        p = Path(text).expanduser()
+    except (RuntimeError, ValueError):  # ~nosuchuser, or a NUL in the user name
+        raise ConfigError(f"{where}: cannot expand {text!r}: no such user") from None
     return p if p.is_absolute() else base / p
 
 

@@ -119,8 +119,12 @@ def _attrs(name: str, raw: Any, where: str) -> ProviderAttrs:
         if t.get("insecure-skip-verify"):
             raise ConfigError(f"{where}: key provider {name!r}: insecure-skip-verify is not "
                               "supported; give root-ca-file instead")
-        tls = GrpcTls(t.get("root-ca-file") or None, t.get("cert-file") or None,
-                      t.get("key-file") or None, t.get("server-name") or None)
+        values = [t.get(k) or None for k in ("root-ca-file", "cert-file", "key-file",
+                                             "server-name")]
+        if not all(v is None or isinstance(v, str) for v in values):
+            raise ConfigError(f"{where}: key provider {name!r}: grpc-tls values must be "
+                              "strings")
+        tls = GrpcTls(*values)
     if command is None and grpc is None:
         raise ConfigError(f"{where}: key provider {name!r} has neither cmd nor grpc")
     return ProviderAttrs(command, grpc if command is None else None, tls)
@@ -146,7 +150,7 @@ def load_providers(path: str | os.PathLike[str] | None = None,
         raise ConfigError(f"key provider config {where} is larger than 1 MiB")
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise ConfigError(f"key provider config {where} is not JSON: {e}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("key-providers", {}), dict):
         raise ConfigError(f"key provider config {where}: expected "
@@ -161,7 +165,8 @@ def parse_provider_spec(spec: str) -> tuple[str, bytes]:
     name, sep, params = spec.partition(":")
     if not name:
         raise ConfigError(f"invalid decryption key provider:{spec}: no provider name")
-    return name, params.encode() if sep else b"Enabled"
+    # surrogateescape: PARAMS from the command line are bytes, whatever their encoding
+    return name, params.encode("utf-8", "surrogateescape") if sep else b"Enabled"
 
 
 def _b64(data: bytes) -> str:

@@ -267,6 +267,7 @@ class RegistriesD:
 
 
 _NULL = "tag:yaml.org,2002:null"
+_MAX_PAIRS = 100_000  # mapping pairs read from one file, merges included
 _MERGE = "tag:yaml.org,2002:merge"
 # YAML 1.2 booleans (yaml.v3), and the YAML 1.1 words yaml.v3 still takes for a bool field.
 _PLAIN_TRUE, _PLAIN_FALSE = {"true", "True", "TRUE"}, {"false", "False", "FALSE"}
@@ -294,18 +295,19 @@ def _parse_file(data: bytes, path: str) -> tuple[ScopeConfig | None, dict[str, S
         raise ConfigError(f"parsing {path}: {' '.join(str(err).split())}") from None
     docker: dict[str, ScopeConfig] = {}
     default: ScopeConfig | None = None
-    for key, value in _mapping(root, "the file", path) or []:
+    budget = [_MAX_PAIRS]  # shared by the whole file
+    for key, value in _mapping(root, "the file", path, budget) or []:
         if key == "default-docker":
-            default = _section(value, "default-docker", path)
+            default = _section(value, "default-docker", path, budget)
         elif key == "docker":
-            for scope, node in _mapping(value, '"docker"', path) or []:
-                docker[scope] = _section(node, f'"docker" scope {scope!r}', path) \
+            for scope, node in _mapping(value, '"docker"', path, budget) or []:
+                docker[scope] = _section(node, f'"docker" scope {scope!r}', path, budget) \
                     or ScopeConfig(source=path)
     return default, docker
 
 
-def _section(node: yaml.Node, what: str, path: str) -> ScopeConfig | None:
-    pairs = _mapping(node, what, path)
+def _section(node: yaml.Node, what: str, path: str, budget: list[int]) -> ScopeConfig | None:
+    pairs = _mapping(node, what, path, budget)
     if pairs is None:
         return None
     fields: dict[str, Any] = {"source": path}
@@ -318,10 +320,12 @@ def _section(node: yaml.Node, what: str, path: str) -> ScopeConfig | None:
 
 
 def _mapping(
-    node: yaml.Node | None, what: str, path: str, depth: int = 0
+    node: yaml.Node | None, what: str, path: str, budget: list[int], depth: int = 0
 ) -> list[tuple[str, yaml.Node]] | None:
     """A mapping node's pairs (None for null), with merge keys applied and duplicate keys
-    refused, as yaml.v3 does."""
+    refused, as yaml.v3 does. ``budget`` counts down the pairs read: merge keys that name
+    aliases of merges multiply (a 500-byte file could take hours), which yaml.v3 refuses
+    as "excessive aliasing"."""
     if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL):
         return None
     if not isinstance(node, yaml.MappingNode):
@@ -330,11 +334,16 @@ def _mapping(
         raise ConfigError(f"parsing {path}: merge keys nested too deeply in {what}")
     own: dict[str, yaml.Node] = {}
     merged: dict[str, yaml.Node] = {}
+    budget[0] -= 1 + len(node.value)
+    if budget[0] < 0:
+        raise ConfigError(f"parsing {path}: merge keys expand to more than {_MAX_PAIRS} "
+                          "keys (excessive aliasing)")
     for key_node, value in node.value:
         if key_node.tag == _MERGE:
             sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
             for source in sources:
-                for key, sub in _mapping(source, "a merged value", path, depth + 1) or []:
+                for key, sub in _mapping(source, "a merged value", path, budget,
+                                         depth + 1) or []:
                     merged.setdefault(key, sub)  # earlier mappings win, as YAML specifies
             continue
         if not isinstance(key_node, yaml.ScalarNode):

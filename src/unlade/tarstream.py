@@ -75,12 +75,22 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()  # str.isdigit alone accepts "²"
 
 
+def _decimal(text: str) -> int | None:
+    """A PAX number as Go's strconv.ParseInt(text, 10, 64) takes it, None if it is none
+    (or over int64: int() of over 4300 digits would raise ValueError)."""
+    if not _digits(text) or len(text.lstrip("0")) > 19:
+        return None
+    value = int(text.lstrip("0") or "0")
+    return value if value < 1 << 63 else None
+
+
 def _pax_time(value: str) -> int:
     sign = -1 if value.startswith("-") else 1
     whole, _, frac = value.lstrip("+-").partition(".")
-    if not _digits(whole) or (frac and not _digits(frac)):
-        raise MalformedLayer(f"invalid PAX time {value!r}")
-    return sign * (int(whole) * 1_000_000_000 + int((frac + "000000000")[:9]))
+    seconds = _decimal(whole)
+    if seconds is None or (frac and not _digits(frac)):
+        raise MalformedLayer(f"invalid PAX time {shown(value)}")
+    return sign * (seconds * 1_000_000_000 + int((frac + "000000000")[:9]))
 
 
 def _pax_records(data: bytes) -> dict[str, bytes]:
@@ -88,11 +98,12 @@ def _pax_records(data: bytes) -> dict[str, bytes]:
     pos = 0
     while pos < len(data):
         space = data.find(b" ", pos)
-        if space < 0 or not data[pos:space].isdigit():
+        length = _decimal(data[pos:space].decode("latin-1")) if space >= 0 else None
+        if length is None:
             if not data[pos:].strip(b"\0"):
                 break
             raise MalformedLayer("invalid PAX record length")
-        end = pos + int(data[pos:space])
+        end = pos + length
         record = data[space + 1 : end]
         if end > len(data) or end <= space or not record.endswith(b"\n") or b"=" not in record:
             raise MalformedLayer("invalid PAX record")
@@ -305,9 +316,10 @@ class TarReader:
             elif key == "linkpath":
                 entry.linkname = value
             elif key in ("size", "uid", "gid"):
-                if not _digits(value):
-                    raise MalformedLayer(f"invalid PAX {key} {value!r}")
-                setattr(entry, key, int(value))
+                number = _decimal(value)
+                if number is None:
+                    raise MalformedLayer(f"invalid PAX {key} {shown(value)}")
+                setattr(entry, key, number)
             elif key == "mtime":
                 entry.mtime_ns = _pax_time(value)
             elif key == "atime":
