@@ -328,3 +328,18 @@ def test_timeout_and_retries_flags(registry: Any, run_unlade: Any, tmp_path: Pat
     assert proc.returncode == 1
     assert "timed out" in proc.stderr and "(after 1 attempt)" in proc.stderr, proc.stderr
     assert elapsed < 15, elapsed
+
+
+def test_client_takes_the_network_settings(tmp_path: Path) -> None:
+    """``connection`` carries [network]/[proxy] into the client; an explicit ``retry``
+    wins over the one it carries."""
+    from unlade import Client
+    from unlade.registry import RetryPolicy
+
+    options = UnladeConfig.from_toml("[network]\nretries = 3\nread_timeout = 7\n"
+                                     ).registry_options()
+    client = Client(tmp_path / "store", connection=options)
+    assert client.registry.options.retry.attempts == 3
+    assert client.registry.options.read_timeout == 7.0
+    client = Client(tmp_path / "store", retry=RetryPolicy(attempts=9), connection=options)
+    assert client.registry.options.retry.attempts == 9

@@ -134,8 +134,8 @@ class Client:
         # ``connection``: more RegistryOptions (timeouts, proxy, insecure_hosts, retry),
         # as unlade.toml's [network] and [proxy] give them.
         extra = dict(connection or {})
-        retry = retry or extra.pop("retry", None) or RetryPolicy()
-        extra.pop("retry", None)
+        configured = extra.pop("retry", None)
+        retry = retry or configured or RetryPolicy()
         self.registry = RegistryClient(
             RegistryOptions(
                 plain_http=plain_http,
@@ -388,9 +388,9 @@ class Client:
 
 
 def _decrypt_config(keys: Sequence[str] | DecryptConfig | None) -> DecryptConfig | None:
-    if keys is None or isinstance(keys, str):
-        if isinstance(keys, str):
-            raise TypeError("decryption_keys must be a list of key specs, not one string")
+    if isinstance(keys, str):
+        raise TypeError("decryption_keys must be a list of key specs, not one string")
+    if keys is None:
         return None
     from .decrypt import DecryptConfig
 

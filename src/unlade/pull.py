@@ -46,6 +46,7 @@ from .limits import DEFAULT_LIMITS, Limits, format_size
 from .manifest import (
     CONFIG_TYPES,
     MAX_MANIFEST,
+    Descriptor,
     Index,
     Layer,
     Manifest,
@@ -217,11 +218,6 @@ class Puller:
         self.store.put(digest, data)
         return data
 
-    def _check_manifest_size(self, ref: Reference, data: bytes) -> None:
-        if len(data) > self.limits.manifest_size:
-            raise LimitExceeded(self.limits.exceeded(
-                f"{ref}: manifest of {len(data):,} bytes", "manifest_size"))
-
     def _check_layer_count(self, ref: Reference, parsed: Manifest | Index) -> None:
         """Before the manifest is stored: a refused image leaves nothing behind."""
         if isinstance(parsed, Manifest) and len(parsed.layers) > self.limits.layers:
@@ -257,25 +253,26 @@ class Puller:
             if source.mirror and source.reference.registry != ref.registry:
                 self.registry.mirror_hosts.add(source.reference.registry)
 
-        limit = self.limits.manifest_size
-
-        def manifest(r: Reference) -> tuple[bytes, str]:
+        def fetch(r: Reference, child: Descriptor | None = None) -> tuple[bytes, str]:
+            """The manifest (or the index's ``child``) from one source, verified against
+            its digest if known (so a mirror answering other bytes is passed over),
+            within the manifest_size limit (which the registry read enforces)."""
+            digest = child.digest if child is not None else ref.digest
             try:
-                data, content_type = self.registry.get_manifest(r, limit=limit)
+                data, content_type = self.registry.get_manifest(
+                    r, digest if child is not None else None,
+                    limit=self.limits.manifest_size)
             except ManifestTooLarge as err:
                 raise ManifestTooLarge(self.limits.exceeded(f"{ref}: {err}", "manifest_size")
                                        ) from None
-            self._check_manifest_size(ref, data)
-            if ref.digest:  # a mirror that answers with other bytes is passed over
-                _verify(data, ref.digest, "manifest")
+            if digest:
+                _verify(data, digest, "manifest", child.size if child is not None else None)
             return data, content_type
 
-        (data, content_type), served = self._from_sources(manifest)
+        (data, content_type), served = self._from_sources(fetch)
         # the rest of the image from the same place first
         self._sources = [served, *(s for s in self._sources if s is not served)]
         self.manifest_endpoint = served.location
-        if ref.digest:
-            _verify(data, ref.digest, "manifest")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         parsed = parse(data, content_type)
         self._check_layer_count(ref, parsed)
@@ -285,14 +282,7 @@ class Puller:
         if isinstance(parsed, Index):
             self.extra_blobs.append(digest)
             desc = parsed.select(platform)
-
-            def child(r: Reference) -> tuple[bytes, str]:
-                data, content_type = self.registry.get_manifest(r, desc.digest, limit=limit)
-                self._check_manifest_size(ref, data)
-                _verify(data, desc.digest, "manifest", desc.size)
-                return data, content_type
-
-            (data, content_type), _ = self._from_sources(child)
+            (data, content_type), _ = self._from_sources(lambda r: fetch(r, desc))
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
             parsed = parse(data, content_type or desc.media_type)
             if isinstance(parsed, Index):
